@@ -1,0 +1,226 @@
+"""Frames of the hein wire protocol: building them, and decoding a byte stream into them.
+
+Sans-I/O: nothing here touches a socket or a thread. A frame is::
+
+    KIND(7 bytes)  TAG  b":"  UNPACK  b":"  ESCAPED_PAYLOAD  b"\\xac\\x96\\xac\\x96"
+
+Every ``b"\\xac\\x96"`` inside the payload travels as ``b"\\xac\\x96\\xee"``, so the terminator can
+never occur inside an escaped payload. The decoder keeps one ``bytearray`` and searches for the
+terminator only in bytes it has not searched before (plus the three bytes before them, which may
+hold the start of a terminator), so its cost is linear in the bytes received whatever the chunk
+boundaries. The buffered, still incomplete frame is bounded by ``max_frame_size``.
+"""
+
+import re
+from typing import List, NamedTuple, Optional, Union
+
+from .errors import FrameTooLarge, ProtocolError
+
+__all__ = [
+    "ACK",
+    "KIND_RAW",
+    "KIND_JSON",
+    "KIND_PING",
+    "KIND_DIE",
+    "KINDS",
+    "TERMINATOR",
+    "TAG_MAX_LENGTH",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "Frame",
+    "FrameDecoder",
+    "clean_tag",
+    "encode_frame",
+    "escape_payload",
+    "unescape_payload",
+]
+
+#: The acknowledgement byte, sent by the transmitter in the handshake and by receivers after reads.
+ACK = b"\x06"
+KIND_RAW = b"__raw__"
+KIND_JSON = b"__jsn__"
+KIND_PING = b"__png__"
+KIND_DIE = b"__die__"
+#: The frame kinds of the legacy protocol.
+KINDS = frozenset((KIND_RAW, KIND_JSON, KIND_PING, KIND_DIE))
+KIND_LENGTH = 7
+
+_END = b"\xac\x96"
+_ESCAPED_END = b"\xac\x96\xee"
+#: Ends every frame.
+TERMINATOR = _END + _END
+
+#: Longest tag, in characters (longer tags are cut).
+TAG_MAX_LENGTH = 15
+#: Default bound on one frame's size (header and escaped payload), in bytes.
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+# KIND + TAG + ":" + UNPACK + ":"; the longest header a valid frame can have.
+_MAX_HEADER = KIND_LENGTH + TAG_MAX_LENGTH + 3
+
+_NOT_TAG_CHAR = re.compile(r"[^A-Za-z0-9._\- ]")
+
+
+class Frame(NamedTuple):
+    """One decoded frame.
+
+    Attributes:
+        kind: one of the 7-byte kinds (``KIND_RAW``, ``KIND_JSON``, ``KIND_PING``, ``KIND_DIE``).
+        tag: the tag, or None for an untagged frame.
+        unpack: the unpack flag.
+        payload: the unescaped payload bytes.
+    """
+
+    kind: bytes
+    tag: Optional[str]
+    unpack: bool
+    payload: bytes
+
+
+def clean_tag(tag: Union[str, bytes, None]) -> str:
+    """Return the tag as it travels: characters of ``[A-Za-z0-9._- ]`` only, at most 15 of them.
+
+    ``None`` and the empty string mean "no tag" and give ``""``. Bytes are read as Latin-1.
+
+    Raises:
+        TypeError: the tag is neither str, bytes nor None.
+    """
+    if tag is None:
+        return ""
+    if isinstance(tag, (bytes, bytearray)):
+        tag = bytes(tag).decode("latin-1")
+    elif not isinstance(tag, str):
+        raise TypeError("tag must be a str, bytes or None, not %s" % type(tag).__name__)
+    return _NOT_TAG_CHAR.sub("", tag)[:TAG_MAX_LENGTH]
+
+
+def escape_payload(payload: bytes) -> bytes:
+    """Escape every terminator half inside ``payload``."""
+    if _END in payload:
+        return payload.replace(_END, _ESCAPED_END)
+    return payload
+
+
+def unescape_payload(payload: bytes) -> bytes:
+    """Undo :func:`escape_payload`."""
+    if _END in payload:
+        return payload.replace(_ESCAPED_END, _END)
+    return payload
+
+
+def frame_header(kind: bytes, tag: str, unpack: bool) -> bytes:
+    """Return the header of a frame; ``tag`` must already be clean (see :func:`clean_tag`)."""
+    return b"%s%s:%s:" % (kind, tag.encode("ascii"), b"1" if unpack else b"0")
+
+
+def encode_frame(kind: bytes, tag: Union[str, bytes, None], unpack: bool, payload: bytes) -> bytes:
+    """Return one complete frame, ready to be written to a socket.
+
+    Args:
+        kind: a 7-byte frame kind (``KIND_RAW``, ``KIND_JSON``, ...).
+        tag: the tag; cleaned with :func:`clean_tag`.
+        unpack: the unpack flag.
+        payload: the payload bytes, unescaped.
+
+    Raises:
+        ValueError: ``kind`` is not 7 bytes long.
+    """
+    if len(kind) != KIND_LENGTH:
+        raise ValueError("a frame kind is %d bytes long, got %r" % (KIND_LENGTH, kind))
+    return frame_header(kind, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR
+
+
+def parse_frame(data: bytes, known_kinds: frozenset = KINDS) -> Frame:
+    """Parse one frame without its terminator.
+
+    Raises:
+        ProtocolError: the frame is malformed or of an unknown kind.
+    """
+    kind = data[:KIND_LENGTH]
+    if kind not in known_kinds:
+        raise ProtocolError("unknown frame kind %r" % kind[:KIND_LENGTH])
+    colon = data.find(b":", KIND_LENGTH, _MAX_HEADER)
+    if colon < 0 or data[colon + 2 : colon + 3] != b":":
+        raise ProtocolError("malformed frame header %r" % data[:_MAX_HEADER])
+    flag = data[colon + 1 : colon + 2]
+    if flag == b"1":
+        unpack = True
+    elif flag == b"0":
+        unpack = False
+    else:
+        raise ProtocolError("bad unpack flag %r" % flag)
+    tag = data[KIND_LENGTH:colon]
+    try:
+        text = tag.decode("ascii") if tag else None
+    except UnicodeDecodeError:
+        raise ProtocolError("non-ASCII tag %r" % tag) from None
+    payload = data[colon + 3 :]
+    if _END in payload:
+        payload = payload.replace(_ESCAPED_END, _END)
+    return Frame(kind, text, unpack, payload)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes in chunks of any size, take complete frames out.
+
+    Usage::
+
+        decoder = FrameDecoder()
+        for chunk in chunks:
+            for raw in decoder.feed(chunk):
+                frame = parse_frame(raw)   # may raise ProtocolError for that frame only
+
+    :meth:`feed` returns the complete frames (still unparsed, without terminator) in order and
+    keeps the incomplete tail. It raises :class:`FrameTooLarge` (and keeps nothing) once the tail
+    outgrows ``max_frame_size``; the stream cannot be resynchronised after that.
+    """
+
+    __slots__ = ("_buffer", "_scanned", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < _MAX_HEADER:
+            raise ValueError("max_frame_size must be at least %d bytes" % _MAX_HEADER)
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        # bytes of _buffer already searched for a terminator (none was found in them)
+        self._scanned = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame that is not complete yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> List[bytes]:
+        """Add ``data`` to the stream and return every frame it completes, in order.
+
+        Raises:
+            FrameTooLarge: a frame is longer than ``max_frame_size``.
+        """
+        buffer = self._buffer
+        start = self._scanned - 3 if self._scanned > 3 else 0
+        buffer += data
+        end = buffer.find(TERMINATOR, start)
+        if end < 0:
+            self._scanned = len(buffer)
+            if len(buffer) > self.max_frame_size + 4:
+                self.reset()
+                raise FrameTooLarge(
+                    "frame larger than the limit of %d bytes" % self.max_frame_size
+                )
+            return []
+        frames = bytes(buffer).split(TERMINATOR)
+        rest = frames.pop()
+        self._buffer = bytearray(rest)
+        self._scanned = len(rest)
+        limit = self.max_frame_size
+        for frame in frames:
+            if len(frame) > limit:
+                self.reset()
+                raise FrameTooLarge("frame of %d bytes over the limit of %d" % (len(frame), limit))
+        if len(rest) > limit + 4:
+            self.reset()
+            raise FrameTooLarge("frame larger than the limit of %d bytes" % limit)
+        return frames
+
+    def reset(self) -> None:
+        """Forget every buffered byte."""
+        self._buffer = bytearray()
+        self._scanned = 0

@@ -1,0 +1,569 @@
+"""The extended JSON of hein: Python values to bytes and back, with their types.
+
+Sans-I/O. A payload is a JSON document over the Latin-1 view of its bytes: containers are JSON
+arrays (list, tuple) and objects (dict, keys as ``str(key)``), and every leaf is a JSON string
+``"C:DATA"`` where ``C`` is a one-letter type code (see ``PROTOCOL.rst``). Text leaves carry UTF-8,
+bytes leaves carry the bytes themselves, each byte one Latin-1 character of the JSON text.
+
+Strategy: encoding walks the value once with a dispatch dict keyed by exact type (falling back
+to ``isinstance`` for subclasses), building a tree of plain str/list/dict that the C JSON encoder
+then writes in one call. Decoding runs the C JSON scanner once and walks the result, again with
+a dispatch dict keyed by the two leading characters of each leaf. Every failure on decode is a
+:class:`~hein.errors.ProtocolError`.
+
+Aware datetimes travel as the UTC wall time, the UTC offset in seconds, a zone id (an integer
+holding ``b"p" + pytz name`` or ``b"z" + zoneinfo key``, or 0 for a fixed offset) and the zone
+``UTC``: 0.2.3 readers use the first seven fields and the last one, so they read the right
+instant in UTC; hein readers rebuild the same zone.
+"""
+
+import datetime as _dt
+import json
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytz
+
+from .errors import ProtocolError
+
+try:  # Python 3.9+
+    import zoneinfo as _zoneinfo
+except ImportError:  # pragma: no cover
+    _zoneinfo = None  # type: ignore[assignment]
+
+__all__ = ["json_dumps", "json_loads", "register_type", "unregister_type", "BUILTIN_CODES"]
+
+_datetime = _dt.datetime
+_date = _dt.date
+_time = _dt.time
+_timedelta = _dt.timedelta
+_timezone = _dt.timezone
+_UTC = _timezone.utc
+_PYTZ_UTC = pytz.utc
+_EPOCH = _datetime(1970, 1, 1, tzinfo=_UTC)
+
+#: Type codes of the legacy protocol; custom types cannot use them.
+BUILTIN_CODES = frozenset("bifnuyYstDT")
+
+# Longest zone id accepted from the network, in decimal digits (zone names are short).
+_MAX_ZONE_ID_DIGITS = 200
+
+_JSON_ENCODE = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, separators=(",", ":"), allow_nan=False
+).encode
+_JSON_DECODER = json.JSONDecoder(strict=False)
+_JSON_SCAN = _JSON_DECODER.scan_once
+
+# ----------------------------------------------------------------------------------- encoding
+
+
+def _text(value: str) -> str:
+    """The Latin-1 view of the UTF-8 bytes of ``value`` (lone surrogates survive)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogatepass").decode("latin-1")
+
+
+def _enc_str(value: str) -> str:
+    if value.isascii():
+        return "u:" + value
+    return "u:" + value.encode("utf-8", "surrogatepass").decode("latin-1")
+
+
+def _enc_bytes(value: bytes) -> str:
+    return "y:" + bytes(value).decode("latin-1")
+
+
+def _enc_int(value: int) -> str:
+    try:
+        return "i:%d" % value
+    except ValueError:  # more digits than int's str limit: hexadecimal, read back by hein only
+        return "i:%#x" % value
+
+
+def _enc_float(value: float) -> str:
+    return "f:" + float.__repr__(value)
+
+
+def _enc_bool(value: bool) -> str:
+    return "b:1" if value else "b:0"
+
+
+def _enc_none(value: None) -> str:
+    return "n:"
+
+
+def _enc_list(value: Any) -> List[Any]:
+    return [_encode(item) for item in value]
+
+
+def _enc_dict(value: Dict[Any, Any]) -> Dict[str, Any]:
+    return {
+        (key if type(key) is str and key.isascii() else _text(str(key))): _encode(item)
+        for key, item in value.items()
+    }
+
+
+def _zone_id(tzinfo: Any) -> int:
+    """The integer naming ``tzinfo``'s zone, or 0 for a fixed offset."""
+    zone = getattr(tzinfo, "zone", None)  # pytz
+    if isinstance(zone, str) and zone in pytz.all_timezones_set:
+        return int.from_bytes(b"p" + zone.encode("ascii"), "big")
+    key = getattr(tzinfo, "key", None)  # zoneinfo
+    if _zoneinfo is not None and isinstance(tzinfo, _zoneinfo.ZoneInfo) and isinstance(key, str):
+        try:
+            return int.from_bytes(b"z" + key.encode("ascii"), "big")
+        except UnicodeEncodeError:
+            return 0
+    return 0
+
+
+_dt_cache: Dict[Tuple[Any, ...], str] = {}
+
+
+def _enc_datetime(value: _datetime) -> str:
+    tzinfo = value.tzinfo
+    if tzinfo is None:
+        return "t:%d,%d,%d,%d,%d,%d,%d," % (
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+        )
+    key = (value, tzinfo, value.fold)
+    text = _dt_cache.get(key)
+    if text is not None:
+        return text
+    offset = value.utcoffset()
+    if offset is None:  # a tzinfo that knows no offset: the value is naive after all
+        return _enc_datetime(value.replace(tzinfo=None))
+    utc = value.replace(tzinfo=None) - offset
+    text = "t:%d,%d,%d,%d,%d,%d,%d,%d,%d,UTC" % (
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+        offset // _timedelta(seconds=1),
+        _zone_id(tzinfo),
+    )
+    if len(_dt_cache) >= 4096:
+        _dt_cache.clear()
+    _dt_cache[key] = text
+    return text
+
+
+def _enc_date(value: _date) -> str:
+    return "D:%d,%d,%d" % (value.year, value.month, value.day)
+
+
+def _enc_time(value: _time) -> str:
+    tzinfo = value.tzinfo
+    fields = "%d,%d,%d,%d" % (value.hour, value.minute, value.second, value.microsecond)
+    if tzinfo is None:
+        return "T:" + fields + ","
+    offset = value.utcoffset()
+    seconds = 0 if offset is None else offset // _timedelta(seconds=1)
+    zone = getattr(tzinfo, "zone", None)
+    name = zone if isinstance(zone, str) and zone in pytz.all_timezones_set else ""
+    return "T:%s,%d,%d,%s" % (fields, seconds, _zone_id(tzinfo), name)
+
+
+def _enc_repr(value: Any) -> str:
+    return _enc_str(repr(value))
+
+
+_ENCODERS: Dict[type, Callable[[Any], Any]] = {
+    str: _enc_str,
+    int: _enc_int,
+    float: _enc_float,
+    bool: _enc_bool,
+    type(None): _enc_none,
+    bytes: _enc_bytes,
+    list: _enc_list,
+    tuple: _enc_list,
+    dict: _enc_dict,
+    _datetime: _enc_datetime,
+    _date: _enc_date,
+    _time: _enc_time,
+}
+# The built-in encoders; subclasses of these types use them too (in this order: bool before
+# int, datetime before date).
+_BUILTIN_ENCODERS = list(_ENCODERS.items())
+_BUILTIN_ENCODERS.sort(key=lambda item: (item[0] is not bool, item[0] is not _datetime))
+_BUILTIN_ENCODERS.insert(0, (bytearray, _enc_bytes))
+_BUILTIN_ENCODERS.insert(0, (memoryview, _enc_bytes))
+# Custom types (register_type): class -> (code, encode)
+_CUSTOM: Dict[type, Tuple[str, Callable[[Any], str]]] = {}
+_MAX_CACHED_TYPES = 1024
+
+
+def _encoder_for(cls: type) -> Callable[[Any], Any]:
+    """Find (and cache) the encoder of a type that is not one of the exact built-in types."""
+    encoder: Optional[Callable[[Any], Any]] = None
+    for base in cls.__mro__:
+        custom = _CUSTOM.get(base)
+        if custom is not None:
+            encoder = _custom_encoder(*custom)
+            break
+    if encoder is None:
+        for base_type, builtin in _BUILTIN_ENCODERS:
+            if issubclass(cls, base_type):
+                encoder = builtin
+                if base_type is int:
+                    encoder = _enc_int_subclass
+                elif base_type is float:
+                    encoder = _enc_float
+                elif base_type is str:
+                    encoder = _enc_str_subclass
+                break
+        else:
+            encoder = _enc_repr
+    if len(_ENCODERS) < _MAX_CACHED_TYPES:
+        _ENCODERS[cls] = encoder
+    return encoder
+
+
+def _enc_int_subclass(value: int) -> str:
+    return _enc_int(int(value))
+
+
+def _enc_str_subclass(value: str) -> str:
+    return _enc_str(str.__str__(value))
+
+
+def _custom_encoder(code: str, encode: Callable[[Any], str]) -> Callable[[Any], str]:
+    prefix = code + ":"
+
+    def encoder(value: Any) -> str:
+        data = encode(value)
+        if not isinstance(data, str):
+            raise TypeError(
+                "the encoder of type code %r returned %s, not str" % (code, type(data).__name__)
+            )
+        return prefix + _text(data)
+
+    return encoder
+
+
+def _encode(value: Any) -> Any:
+    try:
+        encoder = _ENCODERS[type(value)]
+    except KeyError:
+        encoder = _encoder_for(type(value))
+    return encoder(value)
+
+
+def json_dumps(value: Any) -> bytes:
+    """Serialize ``value`` to the extended JSON of hein, as bytes.
+
+    Lists and tuples become lists, dict keys become ``str(key)``; bool, int, float, None, str,
+    bytes (and bytearray, memoryview), datetime, date and time keep their types; types added with
+    :func:`register_type` use their codes; any other value travels as the text ``repr(value)``.
+
+    Raises:
+        ValueError: the value is too deeply nested (or contains itself).
+    """
+    try:
+        tree = _encode(value)
+    except RecursionError:
+        raise ValueError("value too deeply nested (or recursive) to serialize") from None
+    return _JSON_ENCODE(tree).encode("latin-1")
+
+
+# ----------------------------------------------------------------------------------- decoding
+
+
+def _fields(data: str, what: str) -> List[str]:
+    if len(data) > 400:
+        raise ProtocolError("%s field too long" % what)
+    return data.split(",")
+
+
+def _ints(fields: List[str], what: str) -> List[int]:
+    try:
+        return [int(item) if item else 0 for item in fields]
+    except ValueError:
+        raise ProtocolError("bad %s fields %r" % (what, ",".join(fields))) from None
+
+
+_pytz_zones: Dict[str, Any] = {}
+
+
+def _pytz_zone(name: str) -> Any:
+    zone = _pytz_zones.get(name)
+    if zone is None:
+        try:
+            zone = pytz.timezone(name)
+        except (pytz.UnknownTimeZoneError, ValueError, KeyError):
+            raise ProtocolError("unknown time zone %r" % name) from None
+        _pytz_zones[name] = zone
+    return zone
+
+
+def _zone_from_id(zone_id: int, offset: int) -> Any:
+    """The tzinfo named by a zone id (see :func:`_zone_id`)."""
+    if zone_id > 0:
+        name = zone_id.to_bytes((zone_id.bit_length() + 7) // 8, "big")
+        kind, key = name[:1], name[1:].decode("latin-1")
+        if kind == b"p":
+            return _pytz_zone(key)
+        if kind == b"z" and _zoneinfo is not None:
+            try:
+                return _zoneinfo.ZoneInfo(key)
+            except (ValueError, OSError, _zoneinfo.ZoneInfoNotFoundError):
+                pass  # unknown here: keep the offset, below
+    if offset == 0:
+        return _UTC
+    try:
+        return _timezone(_timedelta(seconds=offset))
+    except ValueError:
+        raise ProtocolError("bad UTC offset %d" % offset) from None
+
+
+_leaf_cache: Dict[str, Any] = {}
+
+
+def _dec_datetime(data: str) -> _datetime:
+    value = _leaf_cache.get(data)
+    if value is not None:
+        return value  # type: ignore[no-any-return]
+    fields = _fields(data, "datetime")
+    zone = fields.pop()
+    if len(fields) < 7:
+        raise ProtocolError("datetime needs 7 fields, got %r" % data)
+    if len(fields) >= 9 and len(fields[8]) > _MAX_ZONE_ID_DIGITS:
+        raise ProtocolError("zone id too long")
+    numbers = _ints(fields, "datetime")
+    try:
+        wall = _datetime(*numbers[:7])
+        if len(numbers) >= 9:  # hein 1: UTC wall time, offset, zone id
+            tzinfo = _zone_from_id(numbers[8], numbers[7])
+            value = (wall.replace(tzinfo=_UTC)).astimezone(tzinfo)
+        elif zone:  # hein 0.2.3: local wall time in a pytz zone
+            tzinfo = _pytz_zone(zone)
+            localize = getattr(tzinfo, "localize", None)
+            value = localize(wall) if localize is not None else wall.replace(tzinfo=tzinfo)
+        else:
+            value = wall
+    except (ValueError, OverflowError) as error:
+        raise ProtocolError("bad datetime %r: %s" % (data, error)) from None
+    if len(_leaf_cache) >= 4096:
+        _leaf_cache.clear()
+    _leaf_cache[data] = value
+    return value
+
+
+def _dec_date(data: str) -> _date:
+    numbers = _ints(_fields(data, "date"), "date")
+    if len(numbers) < 3:
+        raise ProtocolError("date needs 3 fields, got %r" % data)
+    try:
+        return _date(*numbers[:3])
+    except (ValueError, OverflowError) as error:
+        raise ProtocolError("bad date %r: %s" % (data, error)) from None
+
+
+def _dec_time(data: str) -> _time:
+    fields = _fields(data, "time")
+    zone = fields.pop()
+    if len(fields) < 4:
+        raise ProtocolError("time needs 4 fields, got %r" % data)
+    if len(fields) >= 6 and len(fields[5]) > _MAX_ZONE_ID_DIGITS:
+        raise ProtocolError("zone id too long")
+    numbers = _ints(fields, "time")
+    try:
+        if len(numbers) >= 6:  # hein 1: offset, zone id
+            tzinfo = _zone_from_id(numbers[5], numbers[4])
+        elif zone:
+            tzinfo = _pytz_zone(zone)
+        else:
+            tzinfo = None
+        return _time(*numbers[:4], tzinfo=tzinfo)
+    except (ValueError, OverflowError) as error:
+        raise ProtocolError("bad time %r: %s" % (data, error)) from None
+
+
+def _dec_int(data: str) -> int:
+    try:
+        return int(data)
+    except ValueError:
+        pass
+    if len(data) < 100_000 and data.lstrip("-")[:2] in ("0x", "0X"):
+        try:
+            return int(data, 16)
+        except ValueError:
+            pass
+    raise ProtocolError("bad int %r" % data[:50])
+
+
+def _dec_float(data: str) -> float:
+    try:
+        return float(data)
+    except ValueError:
+        raise ProtocolError("bad float %r" % data[:50]) from None
+
+
+def _dec_bool(data: str) -> bool:
+    if data == "1":
+        return True
+    if data == "0":
+        return False
+    return bool(_dec_int(data))
+
+
+def _dec_none(data: str) -> None:
+    return None
+
+
+def _dec_text(data: str) -> str:
+    if data.isascii():
+        return data
+    try:
+        return data.encode("latin-1").decode("utf-8", "surrogatepass")
+    except UnicodeError:
+        raise ProtocolError("text leaf is not valid UTF-8") from None
+
+
+def _dec_bytes(data: str) -> bytes:
+    try:
+        return data.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ProtocolError("bytes leaf holds a character above \\xff") from None
+
+
+_DECODERS: Dict[str, Callable[[str], Any]] = {
+    "b:": _dec_bool,
+    "i:": _dec_int,
+    "f:": _dec_float,
+    "n:": _dec_none,
+    "u:": _dec_text,
+    "y:": _dec_bytes,
+    "Y:": _dec_bytes,
+    "s:": _dec_bytes,
+    "t:": _dec_datetime,
+    "D:": _dec_date,
+    "T:": _dec_time,
+}
+
+
+def _decode_key(key: str) -> str:
+    if key.isascii():
+        return key
+    raw = key.encode("latin-1")
+    try:  # hein 1 writes UTF-8 keys; hein 0.2.3 wrote Latin-1 ones
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return key
+
+
+def _decode(node: Any) -> Any:
+    kind = type(node)
+    if kind is str:
+        try:
+            decoder = _DECODERS[node[:2]]
+        except KeyError:
+            raise ProtocolError("unknown type code in leaf %r" % node[:20]) from None
+        return decoder(node[2:])
+    if kind is dict:
+        return {_decode_key(key): _decode(item) for key, item in node.items()}
+    if kind is list:
+        return [_decode(item) for item in node]
+    raise ProtocolError("leaf %r is not a typed string" % (node,))
+
+
+def json_loads(data: bytes) -> Any:
+    """Deserialize extended JSON (as written by :func:`json_dumps` or by hein 0.2.3).
+
+    Args:
+        data: the payload bytes (a ``str`` is taken as the Latin-1 view of the bytes).
+
+    Raises:
+        ProtocolError: ``data`` is not valid extended JSON (bad JSON, unknown type code, bad
+            datetime fields, bad UTF-8, too deeply nested).
+    """
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = bytes(data).decode("latin-1")
+        except TypeError:
+            raise ProtocolError(
+                "payload must be bytes, not %s" % type(data).__name__
+            ) from None
+    try:
+        tree, end = _JSON_SCAN(text, 0)
+    except StopIteration:
+        raise ProtocolError("payload is not JSON: %r" % text[:50]) from None
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError("payload is not JSON: %s" % error) from None
+    if end != len(text) and text[end:].strip(" \t\r\n"):
+        raise ProtocolError("trailing data after the JSON document")
+    try:
+        return _decode(tree)
+    except RecursionError:
+        raise ProtocolError("payload too deeply nested") from None
+
+
+# ------------------------------------------------------------------------------- custom types
+
+
+def register_type(
+    cls: type, code: str, encode: Callable[[Any], str], decode: Callable[[str], Any]
+) -> None:
+    """Make instances of ``cls`` travel with their type.
+
+    Args:
+        cls: the class (its subclasses use the same code).
+        code: one character, not one of the built-in codes (``BUILTIN_CODES``), not already used
+            by another class.
+        encode: turns an instance into a str (any text).
+        decode: turns that str back into an instance. An exception it raises is reported as a
+            :class:`~hein.errors.ProtocolError`.
+
+    Raises:
+        ValueError: the code is not one character, is built in, or is taken by another class.
+        TypeError: ``cls`` is not a class or the functions are not callable.
+    """
+    if not isinstance(cls, type):
+        raise TypeError("cls must be a class, not %r" % (cls,))
+    if not callable(encode) or not callable(decode):
+        raise TypeError("encode and decode must be callable")
+    if not isinstance(code, str) or len(code) != 1 or code in ":\"\\" or not code.isprintable():
+        raise ValueError("a type code is one printable character other than : \" \\, got %r" % (code,))
+    if code in BUILTIN_CODES:
+        raise ValueError("type code %r is built into hein and cannot be registered" % code)
+    if cls in _ENCODERS and cls not in _CUSTOM and any(cls is t for t, _ in _BUILTIN_ENCODERS):
+        raise ValueError("%s is a built-in type of hein and cannot be registered" % cls.__name__)
+    for other, (other_code, _) in _CUSTOM.items():
+        if other_code == code and other is not cls:
+            raise ValueError("type code %r is already used by %s" % (code, other.__name__))
+
+    def decoder(data: str) -> Any:
+        try:
+            return decode(_dec_text(data))
+        except ProtocolError:
+            raise
+        except Exception as error:
+            raise ProtocolError("decoder of type code %r failed: %r" % (code, error)) from None
+
+    _CUSTOM[cls] = (code, encode)
+    _DECODERS[code + ":"] = decoder
+    _reset_encoder_cache()
+
+
+def unregister_type(cls: type) -> None:
+    """Undo :func:`register_type` for ``cls`` (no error if it was not registered)."""
+    custom = _CUSTOM.pop(cls, None)
+    if custom is not None:
+        _DECODERS.pop(custom[0] + ":", None)
+        _reset_encoder_cache()
+
+
+def _reset_encoder_cache() -> None:
+    _ENCODERS.clear()
+    _ENCODERS.update((t, e) for t, e in _BUILTIN_ENCODERS if t not in (bytearray, memoryview))

@@ -1,0 +1,3 @@
+"""The version of hein."""
+
+__version__ = "1.0.0.dev0"
