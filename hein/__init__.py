@@ -10,6 +10,8 @@ import logging
 from ._version import __version__
 from .core import Message, clean_tag, json_dumps, json_loads, register_type, unregister_type
 from .errors import AuthenticationError, FrameTooLarge, HeinError, ProtocolError
+from .socreceiver import SocReceiver
+from .soctransmitter import ReceiverInfo, SocTransmitter
 
 logging.getLogger("hein").addHandler(logging.NullHandler())
 
@@ -20,6 +22,9 @@ __all__ = [
     "HeinError",
     "Message",
     "ProtocolError",
+    "ReceiverInfo",
+    "SocReceiver",
+    "SocTransmitter",
     "clean_tag",
     "json_dumps",
     "json_loads",

@@ -1,0 +1,49 @@
+"""The self-pipe of the transmitter's loop thread: other threads wake it through a socketpair.
+
+Other threads never touch the loop's sockets: they queue work, then call :meth:`Waker.wake`.
+A flag keeps a burst of ``wake()`` calls down to one byte on the pipe: the loop clears it with
+:meth:`Waker.clear` *before* it looks at the queues, so a wake that comes after the clear always
+writes a byte and is never lost.
+"""
+
+import socket
+
+
+class Waker:
+    """A socketpair whose read end sits in the loop's selector."""
+
+    __slots__ = ("_reader", "_writer", "_pending")
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._pending = False
+
+    def fileno(self) -> int:
+        """The descriptor to register for reading in the selector."""
+        return self._reader.fileno()
+
+    def wake(self) -> None:
+        """Make the loop's ``select()`` return (cheap when a wake is already pending)."""
+        if self._pending:
+            return
+        self._pending = True
+        try:
+            self._writer.send(b"\0")
+        except (BlockingIOError, OSError):  # full (a wake is pending anyway) or closed
+            pass
+
+    def clear(self) -> None:
+        """Called by the loop thread when it wakes, before it reads the queues."""
+        self._pending = False
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        self._reader.close()
+        self._writer.close()

@@ -1,0 +1,933 @@
+"""The transmitter: one TCP port, any number of named receivers, every message to all of them.
+
+Threads: one loop thread (``hein-tx-PORT``) owns the listening sockets and every receiver
+connection through a ``selectors`` selector; nobody else touches them. ``tell()`` and the other
+public methods, from any thread, encode the frame once, append it to a queue and wake the loop
+through a socketpair (:mod:`hein._wakeup`). The loop hands each batch of queued frames, joined
+into one chunk, to every receiver's own bounded queue and writes as much as each socket takes
+without blocking. User callbacks (``_newconnection``, ``_dropped``) run in a second thread
+(``hein-tx-PORT-callbacks``), so that a slow or blocking callback never stalls the network and
+may itself call ``tell``, ``ping`` or ``close``.
+
+Handshake and liveness (see PROTOCOL.rst): ACK on accept, the name within the handshake
+timeout, ACK on registration; then every receiver ACKs each read that completed frames. A
+receiver that has frames outstanding and sends no ACK for ``timeoutACK`` seconds is dropped;
+one that is idle gets a ping every ``heartbeat`` seconds, so a dead peer is noticed without
+traffic.
+"""
+
+import collections
+import errno
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+
+from ._framing import (
+    ACK,
+    KIND_DIE,
+    KIND_JSON,
+    KIND_PING,
+    KIND_RAW,
+    TAG_MAX_LENGTH,
+    clean_tag,
+    frame_header,
+    escape_payload,
+    TERMINATOR,
+)
+from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
+from ._serializer import json_dumps
+from ._wakeup import Waker
+
+__all__ = ["SocTransmitter", "ReceiverInfo"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a new connection has to send its name.
+HANDSHAKE_TIMEOUT = 5.0
+#: Default bound on the bytes queued for one receiver; a receiver over it is dropped.
+DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
+#: Default seconds between pings to an idle receiver (None: no heartbeat).
+DEFAULT_HEARTBEAT = 2.0
+#: Longest a duplicate-name check waits for the registered receiver's answer, in seconds.
+DUPLICATE_CHECK_TIMEOUT = 0.5
+#: Default maximum of connections still in their handshake.
+DEFAULT_MAX_PENDING = 1024
+#: How long ``close()`` waits for the threads, in seconds.
+CLOSE_TIMEOUT = 2.0
+
+_SEND_CHUNK = 4 * 1024 * 1024
+_TIMER_PERIOD = 0.05
+_PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
+_DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
+_DEPRECATED_SENDERS = (
+    "tell_json",
+    "tell_json_ext",
+    "tell_dict",
+    "tell_dict_type",
+    "tell_list",
+    "tell_list_type",
+)
+
+
+@dataclass
+class ReceiverInfo:
+    """What the transmitter knows of one registered receiver (a snapshot, read-only).
+
+    Attributes:
+        name: the name it registered with.
+        address: ``(host, port)`` of its connection.
+        connected_since: ``time.time()`` when it was registered.
+    """
+
+    name: str
+    address: Any
+    connected_since: float
+
+
+class _PingRequest:
+    """One ``ping()`` call: the loop fills ``results`` then sets ``done``."""
+
+    def __init__(self) -> None:
+        self.results: Dict[str, bool] = {}
+        self.pending: Dict["_Connection", int] = {}
+        self.deadline = 0.0
+        self.done = threading.Event()
+
+
+@dataclass(eq=False)
+class _Connection:
+    """Per-connection state, owned by the loop thread."""
+
+    sock: socket.socket
+    address: Any
+    accepted: float
+    name: Optional[str] = None
+    registered: bool = False
+    since: float = 0.0
+    # outgoing bytes: chunks, the offset already sent of the first one, and the total
+    outbox: Deque[bytes] = field(default_factory=collections.deque)
+    offset: int = 0
+    queued: int = 0
+    # bytes handed to the kernel, and bytes ever queued (for ping bookkeeping)
+    sent_total: int = 0
+    queued_total: int = 0
+    writing: bool = False
+    # ACK bookkeeping: waiting since when for an ACK (None: nothing outstanding)
+    waiting_since: Optional[float] = None
+    last_write: float = 0.0
+    # name-duplicate check: the new connection waiting for this registered one, and vice versa
+    challenger: Optional["_Connection"] = None
+    challenged: Optional["_Connection"] = None
+    challenge_deadline: float = 0.0
+    pings: List[_PingRequest] = field(default_factory=list)
+    challenge_offset: int = 0
+    frames_sent: int = 0
+    closed: bool = False
+
+
+class SocTransmitter:
+    """Broadcasts messages to every connected :class:`~hein.SocReceiver`.
+
+    Args:
+        port: the TCP port to listen on (0 picks a free one; ``port`` then tells which).
+        nreceivermax: the most receivers registered at once (any positive integer).
+        start: start listening now (else call :meth:`start`).
+        portname: a name for display only (at most 15 characters).
+        timeoutACK: seconds a receiver may leave frames unacknowledged while making no
+            progress before it is dropped; ``None``: never drop for silence.
+        host: keyword-only; address or list of addresses to listen on. Default: loopback and
+            the address of this machine's hostname.
+        allow_remote: keyword-only; accept receivers from other machines (default False: only
+            processes on this machine may subscribe). With ``allow_remote=True`` and no
+            ``host``, listens on every interface.
+        max_queue_bytes: keyword-only; bound on the bytes queued for one receiver; one that
+            falls further behind is dropped (it reconnects by itself).
+        heartbeat: keyword-only; seconds between pings to an idle receiver (None: off).
+        handshake_timeout: keyword-only; seconds a new connection has to send its name.
+        max_pending: keyword-only; most connections still in their handshake at once.
+
+    Methods for callers: :meth:`start`, :meth:`close`, :meth:`tell`, :meth:`tell_raw`,
+    :meth:`ping`, :meth:`close_receivers`, :meth:`flush`, :meth:`queued_bytes`.
+
+    Methods you may override (or replace on the instance), run in the callback thread:
+    ``_newconnection(name)`` (default prints ``hello: NAME``), ``_dropped(name)``.
+
+    Attributes: ``port``, ``portname``, ``timeoutACK``, ``receivers`` (dict name ->
+    :class:`ReceiverInfo`), ``nreceivers``, ``running``.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        nreceivermax: int,
+        start: bool = True,
+        portname: str = "",
+        timeoutACK: Optional[float] = 1.0,
+        *,
+        host: Union[str, Sequence[str], None] = None,
+        allow_remote: bool = False,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        heartbeat: Optional[float] = DEFAULT_HEARTBEAT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self.port = _check_port(port)
+        if isinstance(nreceivermax, bool) or not isinstance(nreceivermax, int):
+            raise TypeError("nreceivermax must be an int, not %s" % type(nreceivermax).__name__)
+        if nreceivermax < 1:
+            raise ValueError("nreceivermax must be at least 1, got %d" % nreceivermax)
+        self._nreceivermax = nreceivermax
+        self.portname = str(portname)[:TAG_MAX_LENGTH]
+        self.timeoutACK = _check_seconds("timeoutACK", timeoutACK, allow_none=True)
+        self.heartbeat = _check_seconds("heartbeat", heartbeat, allow_none=True)
+        self.handshake_timeout = _check_seconds("handshake_timeout", handshake_timeout)
+        if isinstance(max_queue_bytes, bool) or not isinstance(max_queue_bytes, int):
+            raise TypeError("max_queue_bytes must be an int")
+        if max_queue_bytes < 1024:
+            raise ValueError("max_queue_bytes must be at least 1024, got %d" % max_queue_bytes)
+        self.max_queue_bytes = max_queue_bytes
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError("max_pending must be a positive int, got %r" % (max_pending,))
+        self.max_pending = max_pending
+        self.allow_remote = bool(allow_remote)
+        if host is None:
+            self._hosts = [""] if self.allow_remote else local_bind_addresses()
+        elif isinstance(host, str):
+            self._hosts = [host]
+        else:
+            self._hosts = [str(item) for item in host]
+            if not self._hosts:
+                raise ValueError("host must name at least one address")
+        self.receivers: Dict[str, ReceiverInfo] = {}
+        self._running = False
+        self._lock = threading.Lock()  # guards start/close only; never held around user code
+        self._inbox: Deque[Any] = collections.deque()
+        self._waker: Optional[Waker] = None
+        self._thread: Optional[threading.Thread] = None
+        self._callback_thread: Optional[threading.Thread] = None
+        self._callbacks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queued_max = 0
+        self._listeners: List[socket.socket] = []
+        if start:
+            self.start()
+
+    # ----------------------------------------------------------------- properties and dunders
+
+    def __str__(self) -> str:
+        return "Socket transmitter on port %d name '%s' (%s)" % (
+            self.port,
+            self.portname,
+            "on" if self.running else "off",
+        )
+
+    __repr__ = __str__
+
+    def __enter__(self) -> "SocTransmitter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the transmitter is listening and broadcasting."""
+        return self._running
+
+    @property
+    def nreceivers(self) -> int:
+        """The number of registered receivers."""
+        return len(self.receivers)
+
+    @property
+    def nreceivermax(self) -> int:
+        """The most receivers registered at once."""
+        return self._nreceivermax
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Listen and start the loop thread (no-op when running).
+
+        Raises:
+            OSError: the port cannot be bound (in use, or no permission); the message names it.
+        """
+        with self._lock:
+            if self._running:
+                return
+            listeners = self._bind()
+            self._listeners = listeners
+            self._waker = Waker()
+            self._inbox = collections.deque()
+            self._callbacks = queue.SimpleQueue()
+            self._running = True
+            self._thread = threading.Thread(
+                target=self._loop, name="hein-tx-%d" % self.port, daemon=True
+            )
+            self._callback_thread = threading.Thread(
+                target=self._run_callbacks,
+                args=(self._callbacks,),
+                name="hein-tx-%d-callbacks" % self.port,
+                daemon=True,
+            )
+            self._callback_thread.start()
+            self._thread.start()
+        logger.info("%s: listening on %s", self, ", ".join(describe(s.getsockname()) for s in listeners))
+
+    def _bind(self) -> List[socket.socket]:
+        listeners: List[socket.socket] = []
+        port = self.port
+        try:
+            for host in self._hosts:
+                family = socket.AF_INET6 if host and family_of(host) == socket.AF_INET6 else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, port))
+                except OSError as error:
+                    raise OSError(
+                        error.errno,
+                        "cannot listen on port %d (%s): %s"
+                        % (port, host or "all interfaces", error.strerror or error),
+                    ) from None
+                sock.listen(min(socket.SOMAXCONN, 4096))
+                sock.setblocking(False)
+                port = sock.getsockname()[1]
+        except BaseException:
+            for sock in listeners:
+                sock.close()
+            raise
+        self.port = port
+        return listeners
+
+    def close(self) -> None:
+        """Tell every receiver to drop (``__die__``), close every socket and stop the threads.
+
+        Idempotent; returns within about a second whatever the receivers do. The transmitter
+        can be started again with :meth:`start`.
+        """
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            thread, callback_thread = self._thread, self._callback_thread
+            self._inbox.append(("close",))
+            assert self._waker is not None
+            self._waker.wake()
+        current = threading.current_thread()
+        if thread is not None and thread is not current:
+            thread.join(CLOSE_TIMEOUT)
+        self._callbacks.put(None)
+        if callback_thread is not None and callback_thread is not current:
+            callback_thread.join(CLOSE_TIMEOUT)
+        logger.info("%s: closed", self)
+
+    def close_receivers(self) -> None:
+        """Tell every registered receiver to drop (``__die__``) and close their connections.
+
+        They reconnect by themselves after their ``connectWait`` if their loop still runs.
+        """
+        if not self._running:
+            return
+        done = threading.Event()
+        self._command(("die", done))
+        if threading.current_thread() is not self._thread:
+            done.wait(CLOSE_TIMEOUT)
+
+    # ------------------------------------------------------------------------------ sending
+
+    def tell(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Broadcast a value; receivers get it with its type.
+
+        Args:
+            v: the value (see :func:`hein.json_dumps` for the types that keep their type).
+            tag: a tag (at most 15 of ``[A-Za-z0-9._- ]``; other characters are removed).
+            unpack: if False, receivers get a :class:`hein.Message` to decode when they like.
+
+        Returns:
+            True once the message is queued, False when the transmitter is not running.
+        """
+        if not self._running:
+            return False
+        payload = json_dumps(v)
+        return self._queue(frame_header(KIND_JSON, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR)
+
+    def tell_raw(self, txt: Union[str, bytes], tag: Optional[str] = None) -> bool:
+        """Broadcast text or bytes as they are; receivers get bytes.
+
+        Returns:
+            False (and sends nothing) for a non-string or empty message, or when not running.
+        """
+        if isinstance(txt, str):
+            data = txt.encode("utf-8")
+        elif isinstance(txt, (bytes, bytearray, memoryview)):
+            data = bytes(txt)
+        else:
+            return False
+        if not data or not self._running:
+            return False
+        return self._queue(frame_header(KIND_RAW, clean_tag(tag), False) + escape_payload(data) + TERMINATOR)
+
+    def _queue(self, frame: bytes) -> bool:
+        self._inbox.append(frame)
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+        return True
+
+    def _command(self, command: Any) -> None:
+        self._inbox.append(command)
+        if self._waker is not None:
+            self._waker.wake()
+
+    def ping(self) -> Dict[str, bool]:
+        """Ping every registered receiver and wait for their answers.
+
+        Waits at most ``timeoutACK`` seconds (1 s when it is None). A receiver that does not
+        answer is dropped when ``timeoutACK`` is set.
+
+        Returns:
+            ``{name: answered}`` for every receiver registered when the ping was sent.
+        """
+        if not self._running:
+            return {}
+        request = _PingRequest()
+        self._command(("ping", request))
+        request.done.wait((self.timeoutACK or 1.0) + 1.0)
+        return dict(request.results)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued frame has been handed to the kernel for every receiver.
+
+        Returns:
+            True when everything was written, False on timeout or when not running.
+        """
+        if not self._running:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._running:
+            done = threading.Event()
+            self._command(("flush", done))
+            if done.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return False
+
+    def queued_bytes(self) -> int:
+        """The largest number of bytes waiting for one receiver (updated by the loop)."""
+        return self._queued_max + sum(len(item) for item in list(self._inbox) if type(item) is bytes)
+
+    # ------------------------------------------------------------------- deprecated senders
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name in _DEPRECATED_SENDERS:
+            def deprecated(v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+                warnings.warn(
+                    "%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=2
+                )
+                return self.tell(v, tag=tag, unpack=unpack)
+
+            deprecated.__name__ = name
+            deprecated.__doc__ = "Deprecated alias of :meth:`tell` (warns, then sends)."
+            return deprecated
+        raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
+
+    def tell_key(self, *args: Any, **kwargs: Any) -> bool:
+        """Deprecated and meaningless since hein 0.2: warns and sends nothing."""
+        warnings.warn("tell_key is deprecated, use tell instead", DeprecationWarning, stacklevel=2)
+        return False
+
+    def tell_report(self, *args: Any, **kwargs: Any) -> bool:
+        """Deprecated and meaningless since hein 0.2: warns and sends nothing."""
+        warnings.warn("tell_report is deprecated, use tell instead", DeprecationWarning, stacklevel=2)
+        return False
+
+    # ----------------------------------------------------------------- callbacks to override
+
+    def _newconnection(self, name: str) -> None:
+        """Called (in the callback thread) when a receiver registers. Prints ``hello: NAME``."""
+        print("hello: %s" % name)
+
+    def _dropped(self, name: str) -> None:
+        """Called (in the callback thread) when a registered receiver is dropped or leaves."""
+
+    def _run_callbacks(self, callbacks: "queue.SimpleQueue[Any]") -> None:
+        while True:
+            item = callbacks.get()
+            if item is None:
+                return
+            method, name = item
+            try:
+                getattr(self, method)(name)
+            except Exception:
+                logger.exception("%s: exception in %s(%r)", self, method, name)
+
+    # ------------------------------------------------------------------------ the loop thread
+
+    def _loop(self) -> None:
+        assert self._waker is not None
+        waker = self._waker
+        selector = selectors.DefaultSelector()
+        self._selector = selector
+        self._connections: Dict[socket.socket, _Connection] = {}
+        self._registered: Dict[str, _Connection] = {}
+        self._pings: List[_PingRequest] = []
+        self._npending = 0
+        self._next_timers = 0.0
+        self._flush_waiters: List[threading.Event] = []
+        listeners = self._listeners
+        try:
+            selector.register(waker.fileno(), selectors.EVENT_READ, None)
+            for sock in listeners:
+                selector.register(sock, selectors.EVENT_READ, sock)
+            inbox = self._inbox
+            stopping = False
+            while not stopping:
+                timeout = max(0.0, self._next_timers - time.monotonic()) if self._next_timers else _TIMER_PERIOD
+                events = selector.select(timeout if not inbox else 0)
+                for key, mask in events:
+                    data = key.data
+                    if data is None:
+                        waker.clear()
+                        continue
+                    if isinstance(data, _Connection):
+                        if data.closed:
+                            continue
+                        if mask & selectors.EVENT_READ:
+                            self._on_readable(data)
+                        if mask & selectors.EVENT_WRITE and not data.closed:
+                            self._write(data)
+                    else:
+                        self._accept(data)
+                if inbox:
+                    stopping = self._drain_inbox(inbox)
+                now = time.monotonic()
+                if now >= self._next_timers:
+                    self._check_timers(now)
+                    self._next_timers = now + _TIMER_PERIOD
+        except Exception:  # pragma: no cover - a bug: log it, clean up below
+            logger.exception("%s: loop thread failed", self)
+            self._running = False
+        finally:
+            self._shutdown_connections()
+            for sock in listeners:
+                try:
+                    selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+            selector.close()
+            waker.close()
+            self.receivers = {}
+            self._queued_max = 0
+            for request in self._pings:
+                request.done.set()
+
+    def _drain_inbox(self, inbox: Deque[Any]) -> bool:
+        """Move queued frames to every receiver; run commands. True when asked to stop."""
+        frames: List[bytes] = []
+        stop = False
+        while inbox:
+            item = inbox.popleft()
+            if type(item) is bytes:
+                frames.append(item)
+                continue
+            if frames:
+                self._broadcast(frames)
+                frames = []
+            command = item[0]
+            if command == "close":
+                stop = True
+                break
+            if command == "ping":
+                self._start_ping(item[1])
+            elif command == "die":
+                self._kill_all()
+                item[1].set()
+            elif command == "flush":
+                if all(not c.outbox for c in self._registered.values()):
+                    item[1].set()
+                else:
+                    self._flush_waiters.append(item[1])
+        if frames:
+            self._broadcast(frames)
+        return stop
+
+    def _broadcast(self, frames: List[bytes]) -> None:
+        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+        count = len(frames)
+        size = len(chunk)
+        limit = self.max_queue_bytes
+        queued_max = 0
+        for conn in list(self._registered.values()):
+            if conn.queued + size > limit:
+                self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
+                continue
+            conn.outbox.append(chunk)
+            conn.queued += size
+            conn.queued_total += size
+            conn.frames_sent += count
+            if not conn.writing:
+                self._write(conn)
+            if conn.queued > queued_max:
+                queued_max = conn.queued
+        self._queued_max = queued_max
+
+    def _send_to(self, conn: _Connection, data: bytes) -> None:
+        conn.outbox.append(data)
+        conn.queued += len(data)
+        conn.queued_total += len(data)
+        if not conn.writing:
+            self._write(conn)
+
+    def _write(self, conn: _Connection) -> None:
+        """Write as much of the connection's queue as the socket takes without blocking."""
+        outbox = conn.outbox
+        sock = conn.sock
+        while outbox:
+            head = outbox[0]
+            try:
+                if conn.offset:
+                    sent = sock.send(memoryview(head)[conn.offset : conn.offset + _SEND_CHUNK])
+                elif len(head) > _SEND_CHUNK or len(outbox) == 1:
+                    sent = sock.send(head if len(head) <= _SEND_CHUNK else memoryview(head)[:_SEND_CHUNK])
+                else:
+                    # coalesce small chunks into one write
+                    parts = []
+                    total = 0
+                    for part in outbox:
+                        parts.append(part)
+                        total += len(part)
+                        if total >= _SEND_CHUNK or len(parts) >= 512:
+                            break
+                    sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                self._drop(conn, "write failed: %s" % (error.strerror or error))
+                return
+            if sent <= 0:
+                break
+            now = time.monotonic()
+            conn.last_write = now
+            if conn.waiting_since is None and conn.registered:
+                conn.waiting_since = now
+            conn.sent_total += sent
+            conn.queued -= sent
+            remaining = sent + conn.offset
+            conn.offset = 0
+            while remaining and outbox:
+                length = len(outbox[0])
+                if remaining >= length:
+                    remaining -= length
+                    outbox.popleft()
+                else:
+                    conn.offset = remaining
+                    remaining = 0
+        wants_write = bool(outbox)
+        if wants_write != conn.writing:
+            conn.writing = wants_write
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
+            try:
+                self._selector.modify(sock, events, conn)
+            except (KeyError, ValueError, OSError):  # pragma: no cover - closed under us
+                pass
+        if not wants_write and self._flush_waiters:
+            if all(not c.outbox for c in self._registered.values()):
+                for event in self._flush_waiters:
+                    event.set()
+                self._flush_waiters = []
+
+    # ------------------------------------------------------------------- accept and handshake
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.warning("%s: cannot accept: %s", self, error)
+                return
+            if not self.allow_remote and not is_local_peer(sock):
+                logger.warning("%s: refused remote peer %s (allow_remote=False)", self, describe(address))
+                sock.close()
+                continue
+            if self._npending >= self.max_pending:
+                logger.warning("%s: refused %s: %d handshakes pending", self, describe(address), self._npending)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not TCP
+                pass
+            conn = _Connection(sock=sock, address=address, accepted=time.monotonic())
+            self._connections[sock] = conn
+            self._npending += 1
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+            logger.debug("%s: accepted %s", self, describe(address))
+            self._send_to(conn, ACK)
+
+    def _on_readable(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(65536 if conn.registered else TAG_MAX_LENGTH)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._drop(conn, "read failed: %s" % (error.strerror or error))
+            return
+        if not data:
+            self._drop(conn, "connection closed by the receiver", logging.INFO)
+            return
+        if conn.registered:
+            if data.strip(ACK):
+                self._drop(conn, "it sent %r, which is not an ACK" % data[:20])
+                return
+            self._on_ack(conn)
+        elif conn.name is None:
+            self._on_name(conn, data)
+        else:  # bytes during the duplicate check, before registration
+            self._drop(conn, "it sent bytes before it was registered")
+
+    def _on_ack(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        conn.waiting_since = now if conn.outbox else None
+        if conn.pings:
+            answered = [r for r in conn.pings if conn.sent_total >= r.pending.get(conn, 0)]
+            for request in answered:
+                conn.pings.remove(request)
+                request.pending.pop(conn, None)
+                request.results[conn.name or ""] = True
+                if not request.pending:
+                    self._finish_ping(request)
+        challenger = conn.challenger
+        if challenger is not None and conn.sent_total >= conn.challenge_offset:
+            conn.challenger = None
+            challenger.challenged = None
+            logger.warning(
+                "%s: refused a second receiver named %r from %s: the first one answers",
+                self,
+                conn.name,
+                describe(challenger.address),
+            )
+            self._close(challenger)
+
+    def _on_name(self, conn: _Connection, data: bytes) -> None:
+        try:
+            name = data.decode("utf-8")
+        except UnicodeDecodeError:
+            name = data.decode("latin-1")
+        conn.name = name
+        existing = self._registered.get(name)
+        if existing is not None:
+            if existing.challenger is not None:
+                self._drop(conn, "another receiver named %r is being checked" % name)
+                return
+            # ask the registered one whether it is alive
+            existing.challenger = conn
+            conn.challenged = existing
+            conn.challenge_deadline = time.monotonic() + min(self.timeoutACK or 1.0, DUPLICATE_CHECK_TIMEOUT)
+            self._send_to(existing, _PING_FRAME)
+            existing.challenge_offset = existing.queued_total
+            return
+        if len(self._registered) >= self._nreceivermax:
+            logger.warning(
+                "%s: refused receiver %r from %s: %d receivers already (nreceivermax)",
+                self,
+                name,
+                describe(conn.address),
+                self._nreceivermax,
+            )
+            self._close(conn)
+            return
+        self._register(conn)
+
+    def _register(self, conn: _Connection) -> None:
+        name = conn.name
+        assert name is not None
+        self._npending -= 1
+        conn.registered = True
+        conn.since = time.time()
+        conn.last_write = time.monotonic()
+        self._registered[name] = conn
+        self._send_to(conn, ACK)
+        conn.waiting_since = None
+        self._update_receivers()
+        logger.info("%s: receiver %r registered from %s", self, name, describe(conn.address))
+        self._callbacks.put(("_newconnection", name))
+
+    def _update_receivers(self) -> None:
+        self.receivers = {
+            name: ReceiverInfo(name, c.address, c.since) for name, c in self._registered.items()
+        }
+
+    # ------------------------------------------------------------------------ timers and pings
+
+    def _check_timers(self, now: float) -> None:
+        timeout = self.timeoutACK
+        heartbeat = self.heartbeat
+        for conn in list(self._connections.values()):
+            if conn.closed:
+                continue
+            if not conn.registered:
+                if conn.challenged is not None:
+                    if now >= conn.challenge_deadline:
+                        self._replace(conn.challenged, conn)
+                elif now - conn.accepted > self.handshake_timeout:
+                    self._drop(conn, "no name within the handshake timeout")
+                continue
+            if timeout is not None and conn.waiting_since is not None and now - conn.waiting_since > timeout:
+                self._drop(conn, "no ACK for %.3g s" % timeout)
+                continue
+            if heartbeat is not None and not conn.outbox and now - conn.last_write > heartbeat:
+                self._send_to(conn, _PING_FRAME)
+        for request in list(self._pings):
+            if now >= request.deadline:
+                for conn in list(request.pending):
+                    request.results[conn.name or ""] = False
+                    if conn in self._connections.values() and request in conn.pings:
+                        conn.pings.remove(request)
+                    if self.timeoutACK is not None and not conn.closed:
+                        self._drop(conn, "no answer to a ping")
+                request.pending.clear()
+                self._finish_ping(request)
+
+    def _replace(self, old: _Connection, new: _Connection) -> None:
+        old.challenger = None
+        new.challenged = None
+        if not old.closed:
+            self._drop(old, "unresponsive; replaced by a new receiver of the same name")
+        if not new.closed:
+            self._register(new)
+
+    def _start_ping(self, request: _PingRequest) -> None:
+        request.deadline = time.monotonic() + (self.timeoutACK or 1.0)
+        for conn in self._registered.values():
+            request.results[conn.name or ""] = False
+            self._send_to(conn, _PING_FRAME)
+            request.pending[conn] = conn.queued_total
+            conn.pings.append(request)
+        if request.pending:
+            self._pings.append(request)
+        else:
+            request.done.set()
+
+    def _finish_ping(self, request: _PingRequest) -> None:
+        if request in self._pings:
+            self._pings.remove(request)
+        request.done.set()
+
+    # --------------------------------------------------------------------- dropping, closing
+
+    def _drop(self, conn: _Connection, reason: str, level: int = logging.WARNING) -> None:
+        """Close a connection; if it was a registered receiver, say so and call ``_dropped``."""
+        if conn.closed:
+            return
+        if conn.registered:
+            logger.log(level, "%s: dropped receiver %r: %s", self, conn.name, reason)
+        else:
+            logger.info("%s: closed connection from %s: %s", self, describe(conn.address), reason)
+        self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        was_registered = conn.registered
+        self._connections.pop(conn.sock, None)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        conn.outbox.clear()
+        conn.queued = 0
+        for request in conn.pings:
+            request.pending.pop(conn, None)
+            request.results[conn.name or ""] = False
+            if not request.pending:
+                self._finish_ping(request)
+        conn.pings = []
+        if conn.challenger is not None:  # the registered one died during a duplicate check
+            challenger = conn.challenger
+            conn.challenger = None
+            challenger.challenged = None
+            if not challenger.closed:
+                self._unregister_name(conn)
+                self._register(challenger)
+        if conn.challenged is not None:
+            conn.challenged.challenger = None
+            conn.challenged = None
+        if was_registered:
+            self._unregister_name(conn)
+        else:
+            self._npending -= 1
+
+    def _unregister_name(self, conn: _Connection) -> None:
+        if conn.registered and self._registered.get(conn.name or "") is conn:
+            del self._registered[conn.name or ""]
+            conn.registered = False
+            self._update_receivers()
+            self._callbacks.put(("_dropped", conn.name))
+
+    def _kill_all(self) -> None:
+        for conn in list(self._registered.values()):
+            self._say_die(conn)
+            self._drop(conn, "close_receivers()")
+
+    @staticmethod
+    def _say_die(conn: _Connection) -> None:
+        """Best effort: send ``__die__`` after what is queued, without blocking."""
+        if conn.outbox:
+            return  # it is behind: the closed connection says enough
+        try:
+            conn.sock.send(_DIE_FRAME)
+        except OSError:
+            pass
+
+    def _shutdown_connections(self) -> None:
+        for conn in list(self._connections.values()):
+            if conn.registered:
+                self._say_die(conn)
+            self._close(conn)
+        for event in self._flush_waiters:
+            event.set()
+        self._flush_waiters = []
+
+
+def _check_port(port: Any) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        try:
+            if isinstance(port, str) and port.strip().isdigit():
+                port = int(port)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError("port must be an int, not %s" % type(port).__name__) from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be between 0 and 65535, got %d" % port)
+    return port
+
+
+def _check_seconds(name: str, value: Any, allow_none: bool = False) -> Optional[float]:
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError("%s must be a number of seconds, not None" % name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %s" % (name, type(value).__name__))
+    if not value > 0:
+        raise ValueError("%s must be positive, got %r" % (name, value))
+    return float(value)
