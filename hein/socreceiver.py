@@ -11,10 +11,14 @@ Bad bytes from the transmitter never reach user code: a malformed frame is logge
 a frame over ``max_frame_size`` closes the connection (and the receiver reconnects).
 """
 
+import asyncio
+import collections
 import logging
+import queue
 import socket
 import threading
-from typing import Any, Dict, Optional
+import time
+from typing import Any, AsyncIterator, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
 from ._framing import (
     ACK,
@@ -43,6 +47,9 @@ READ_SIZE = 256 * 1024
 #: Most warnings logged per connection for bad frames (the rest are counted).
 MAX_WARNINGS_PER_CONNECTION = 5
 
+#: Default bound of the pull queue (``pull=True``), in messages.
+DEFAULT_QUEUE_SIZE = 10000
+
 _POLL = 0.25
 
 
@@ -68,8 +75,14 @@ class SocReceiver:
             as in hein 0.2.3 (127.0.0.1 when it does not resolve).
         max_frame_size: keyword-only; the largest frame accepted (bytes); a larger one closes
             the connection.
+        pull: keyword-only; deliver messages to a bounded queue read with :meth:`get`,
+            :meth:`messages` or ``async for`` over :meth:`amessages`, instead of printing them
+            (the default ``process`` does this; an overridden ``process`` gets them instead).
+        queue_size: keyword-only; bound of that queue, in messages. When it is full the
+            oldest message is dropped to make room (counted in ``stats()["dropped"]``).
 
-    Methods for callers: :meth:`connect`, :meth:`stop_connectLoop`, :meth:`close`.
+    Methods for callers: :meth:`connect`, :meth:`stop_connectLoop`, :meth:`close`,
+    :meth:`stats`; with ``pull=True``: :meth:`get`, :meth:`messages`, :meth:`amessages`.
 
     Methods you may override (or replace on the instance: ``r.process = f``), run in the
     receiver's thread: ``process(data, tag)`` (default prints the message, ``TAG: `` first when
@@ -90,6 +103,8 @@ class SocReceiver:
         hostname: Optional[str] = None,
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        pull: bool = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
@@ -124,7 +139,22 @@ class SocReceiver:
         self._thread: Optional[threading.Thread] = None
         self._nudge = threading.Event()
         self._lock = threading.Lock()  # guards start/close; never held around user code
-        self._stats: Dict[str, int] = {"frames": 0, "bytes": 0, "connections": 0, "bad_frames": 0}
+        self._stats: Dict[str, int] = {
+            "frames": 0,
+            "bytes": 0,
+            "messages": 0,
+            "connections": 0,
+            "bad_frames": 0,
+            "dropped": 0,
+        }
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
+        self.pull = bool(pull)
+        self.queue_size = queue_size
+        self._queue: Deque[Tuple[Optional[str], Any]] = collections.deque()
+        self._queue_cond = threading.Condition(threading.Lock())
+        self._async_waiters: Set[Tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._overflowing = False
         if connect:
             self.connect()
 
@@ -190,6 +220,8 @@ class SocReceiver:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        with self._queue_cond:
+            self._queue_cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
             if thread.is_alive():
@@ -198,8 +230,117 @@ class SocReceiver:
     # ----------------------------------------------------------------- callbacks to override
 
     def process(self, data: Any, tag: Optional[str]) -> None:
-        """Called (in the receiver thread) for each message. Prints it by default."""
-        print("%s%s" % ("" if tag is None else "%s: " % tag, data))
+        """Called (in the receiver thread) for each message.
+
+        Prints it by default (``TAG: data``, or ``data`` when untagged); with ``pull=True``
+        queues it for :meth:`get` instead.
+        """
+        if self.pull:
+            self._enqueue([(tag, data)])
+        else:
+            print("%s%s" % ("" if tag is None else "%s: " % tag, data))
+
+    # ------------------------------------------------------------------------------ pull API
+
+    def _enqueue(self, items: List[Tuple[Optional[str], Any]]) -> None:
+        """Append messages to the pull queue (dropping the oldest past ``queue_size``)."""
+        pending = self._queue
+        with self._queue_cond:
+            pending.extend(items)
+            excess = len(pending) - self.queue_size
+            if excess > 0:
+                for _ in range(excess):
+                    pending.popleft()
+                self._stats["dropped"] += excess
+                if not self._overflowing:
+                    self._overflowing = True
+                    logger.warning(
+                        "%s %r: pull queue full (%d messages): dropping the oldest",
+                        self,
+                        self.name,
+                        self.queue_size,
+                    )
+            elif self._overflowing and len(pending) < self.queue_size // 2:
+                self._overflowing = False
+            self._queue_cond.notify_all()
+            waiters = list(self._async_waiters) if self._async_waiters else ()
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that event loop is closed
+                self._async_waiters.discard((loop, event))
+
+    def _check_pull(self) -> None:
+        if not self.pull:
+            raise RuntimeError("the pull API needs SocReceiver(..., pull=True)")
+
+    def get(self, timeout: Optional[float] = None) -> Tuple[Optional[str], Any]:
+        """Take the oldest queued message, waiting for one if the queue is empty.
+
+        Args:
+            timeout: seconds to wait at most (None: forever).
+
+        Returns:
+            ``(tag, data)``.
+
+        Raises:
+            queue.Empty: nothing arrived within ``timeout``, or the receiver is closed and its
+                queue is empty.
+            RuntimeError: the receiver was not made with ``pull=True``.
+        """
+        self._check_pull()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue_cond:
+            while not self._queue:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or self._closing:
+                    raise queue.Empty
+                self._queue_cond.wait(remaining)
+            return self._queue.popleft()
+
+    def messages(self, timeout: Optional[float] = None) -> Iterator[Tuple[Optional[str], Any]]:
+        """Iterate over messages as they arrive: ``for tag, data in r.messages(timeout=5):``.
+
+        Stops when no message arrives for ``timeout`` seconds (None: never), or when the
+        receiver is closed and its queue is empty.
+        """
+        self._check_pull()
+        while True:
+            try:
+                yield self.get(timeout)
+            except queue.Empty:
+                return
+
+    async def amessages(self, timeout: Optional[float] = None) -> AsyncIterator[Tuple[Optional[str], Any]]:
+        """Iterate over messages from asyncio: ``async for tag, data in r.amessages():``.
+
+        The receiver thread wakes the event loop with ``loop.call_soon_threadsafe`` (once per
+        batch of messages); the coroutine never blocks the loop. Stops when no message arrives
+        for ``timeout`` seconds (None: never), or when the receiver is closed and drained.
+        """
+        self._check_pull()
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waiter = (loop, event)
+        self._async_waiters.add(waiter)
+        try:
+            while True:
+                with self._queue_cond:
+                    item = self._queue.popleft() if self._queue else None
+                    if item is None:
+                        event.clear()
+                if item is not None:
+                    yield item
+                    continue
+                if self._closing and not (self._thread and self._thread.is_alive()):
+                    return
+                try:
+                    await asyncio.wait_for(event.wait(), timeout if timeout is not None else _POLL * 4)
+                except asyncio.TimeoutError:
+                    if timeout is not None:
+                        return
+        finally:
+            self._async_waiters.discard(waiter)
 
     def _newconnection(self) -> None:
         """Called (in the receiver thread) after each successful connection."""
@@ -208,7 +349,8 @@ class SocReceiver:
     # ------------------------------------------------------------------------------- stats
 
     def stats(self) -> Dict[str, int]:
-        """Counters: ``frames`` and ``bytes`` received, ``connections`` made, ``bad_frames``."""
+        """Counters (cheap, always on): ``frames``, ``bytes`` and ``messages`` received,
+        ``connections`` made, ``bad_frames`` skipped, ``dropped`` from a full pull queue."""
         return dict(self._stats)
 
     # --------------------------------------------------------------------------- the thread
@@ -322,6 +464,8 @@ class SocReceiver:
                 logger.info("%s %r: connection lost: %s", self, self.name, error)
                 return
             stats["frames"] += len(frames)
+            batch: List[Tuple[Optional[str], Any]] = []
+            told_to_die = False
             for raw in frames:
                 try:
                     frame = parse_frame(raw)
@@ -333,20 +477,31 @@ class SocReceiver:
                     elif kind == KIND_PING:
                         continue
                     else:  # KIND_DIE
-                        logger.info("%s %r: told to drop by the transmitter", self, self.name)
-                        return
+                        told_to_die = True
+                        break
                 except ProtocolError as error:
                     stats["bad_frames"] += 1
                     warnings += 1
                     if warnings <= MAX_WARNINGS_PER_CONNECTION:
                         logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
                     continue
-                try:
-                    self.process(data, frame.tag)
-                except Exception:
-                    logger.exception("%s %r: exception in process()", self, self.name)
-                if self._closing:
-                    return
+                batch.append((frame.tag, data))
+            if batch:
+                stats["messages"] += len(batch)
+                if self.pull and "process" not in self.__dict__ and type(self).process is SocReceiver.process:
+                    self._enqueue(batch)
+                else:
+                    process = self.process
+                    for tag, data in batch:
+                        try:
+                            process(data, tag)
+                        except Exception:
+                            logger.exception("%s %r: exception in process()", self, self.name)
+                        if self._closing:
+                            return
+            if told_to_die:
+                logger.info("%s %r: told to drop by the transmitter", self, self.name)
+                return
 
     def _call_newconnection(self) -> None:
         try:
