@@ -12,7 +12,7 @@ boundaries. The buffered, still incomplete frame is bounded by ``max_frame_size`
 """
 
 import re
-from typing import List, NamedTuple, Optional, Union
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
 from .errors import FrameTooLarge, ProtocolError
 
@@ -128,7 +128,7 @@ def encode_frame(kind: bytes, tag: Union[str, bytes, None], unpack: bool, payloa
     return frame_header(kind, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR
 
 
-def parse_frame(data: bytes, known_kinds: frozenset = KINDS) -> Frame:
+def parse_frame(data: bytes, known_kinds: FrozenSet[bytes] = KINDS) -> Frame:
     """Parse one frame without its terminator.
 
     Raises:
@@ -156,6 +156,37 @@ def parse_frame(data: bytes, known_kinds: frozenset = KINDS) -> Frame:
     if _END in payload:
         payload = payload.replace(_ESCAPED_END, _END)
     return Frame(kind, text, unpack, payload)
+
+
+class HeaderCache:
+    """Parses frames like :func:`parse_frame`, remembering the headers it has seen.
+
+    Streams repeat a handful of headers (kind, tag, flag), so parsing each only once makes the
+    per-frame work two slices and a dict lookup. The cache is bounded.
+    """
+
+    __slots__ = ("_headers", "known_kinds")
+
+    MAX_HEADERS = 1024
+
+    def __init__(self, known_kinds: FrozenSet[bytes] = KINDS) -> None:
+        self.known_kinds = known_kinds
+        self._headers: Dict[bytes, Tuple[bytes, Optional[str], bool]] = {}
+
+    def parse(self, data: bytes) -> Frame:
+        """Parse one frame (without terminator); raises ProtocolError like :func:`parse_frame`."""
+        end = data.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
+        header = self._headers.get(data[:end]) if end > 2 else None
+        if header is None:
+            frame = parse_frame(data, self.known_kinds)
+            if len(self._headers) >= self.MAX_HEADERS:
+                self._headers.clear()
+            self._headers[data[:end]] = (frame.kind, frame.tag, frame.unpack)
+            return frame
+        payload = data[end:]
+        if _END in payload:
+            payload = payload.replace(_ESCAPED_END, _END)
+        return Frame(header[0], header[1], header[2], payload)
 
 
 class FrameDecoder:
@@ -188,7 +219,7 @@ class FrameDecoder:
         """Bytes held for a frame that is not complete yet."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> List[bytes]:
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[bytes]:
         """Add ``data`` to the stream and return every frame it completes, in order.
 
         Raises:
@@ -202,9 +233,7 @@ class FrameDecoder:
             self._scanned = len(buffer)
             if len(buffer) > self.max_frame_size + 4:
                 self.reset()
-                raise FrameTooLarge(
-                    "frame larger than the limit of %d bytes" % self.max_frame_size
-                )
+                raise FrameTooLarge("frame larger than the limit of %d bytes" % self.max_frame_size)
             return []
         frames = bytes(buffer).split(TERMINATOR)
         rest = frames.pop()

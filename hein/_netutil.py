@@ -2,7 +2,7 @@
 
 import ipaddress
 import socket
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 
 def default_host() -> str:
@@ -53,7 +53,7 @@ def family_of(host: str) -> socket.AddressFamily:
         return socket.AF_INET
 
 
-def describe(address: Optional[tuple]) -> str:
+def describe(address: Optional[Tuple[Any, ...]]) -> str:
     """``host:port`` for a socket address."""
     if not address:
         return "?"

@@ -39,7 +39,7 @@ _timedelta = _dt.timedelta
 _timezone = _dt.timezone
 _UTC = _timezone.utc
 _PYTZ_UTC = pytz.utc
-_EPOCH = _datetime(1970, 1, 1, tzinfo=_UTC)
+_ONE_SECOND = _timedelta(seconds=1)
 
 #: Type codes of the legacy protocol; custom types cannot use them.
 BUILTIN_CODES = frozenset("bifnuyYstDT")
@@ -47,11 +47,34 @@ BUILTIN_CODES = frozenset("bifnuyYstDT")
 # Longest zone id accepted from the network, in decimal digits (zone names are short).
 _MAX_ZONE_ID_DIGITS = 200
 
-_JSON_ENCODE = json.JSONEncoder(
+_JSON_ENCODER = json.JSONEncoder(
     ensure_ascii=False, check_circular=False, separators=(",", ":"), allow_nan=False
-).encode
+)
+try:  # the C encoder, made once (JSONEncoder.encode makes one per call)
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring as _encode_basestring
+
+    _C_ENCODE = (
+        _c_make_encoder(
+            None, _JSON_ENCODER.default, _encode_basestring, None, ":", ",", False, False, False
+        )
+        if _c_make_encoder is not None
+        else None
+    )
+except ImportError:  # pragma: no cover - not CPython
+    _C_ENCODE = None
+
+
+def _json_encode(tree: Any) -> str:
+    if type(tree) is str:
+        return _encode_basestring(tree)
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(tree, 0))
+    return _JSON_ENCODER.encode(tree)  # pragma: no cover
+
+
 _JSON_DECODER = json.JSONDecoder(strict=False)
-_JSON_SCAN = _JSON_DECODER.scan_once
+_JSON_SCAN = _JSON_DECODER.scan_once  # type: ignore[attr-defined]
 
 # ----------------------------------------------------------------------------------- encoding
 
@@ -97,10 +120,16 @@ def _enc_list(value: Any) -> List[Any]:
 
 
 def _enc_dict(value: Dict[Any, Any]) -> Dict[str, Any]:
-    return {
-        (key if type(key) is str and key.isascii() else _text(str(key))): _encode(item)
-        for key, item in value.items()
-    }
+    out = {}
+    encoders = _ENCODERS
+    for key, item in value.items():
+        encoder = encoders.get(type(item))
+        if encoder is None:
+            encoder = _encoder_for(type(item))
+        if type(key) is not str or not key.isascii():
+            key = _text(str(key))
+        out[key] = encoder(item)
+    return out
 
 
 def _zone_id(tzinfo: Any) -> int:
@@ -117,7 +146,22 @@ def _zone_id(tzinfo: Any) -> int:
     return 0
 
 
-_dt_cache: Dict[Tuple[Any, ...], str] = {}
+_zone_ids: Dict[Any, int] = {}
+_UTC_ZONES = (_UTC, _PYTZ_UTC)
+
+
+def _cached_zone_id(tzinfo: Any) -> int:
+    try:
+        return _zone_ids[tzinfo]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable tzinfo
+        return _zone_id(tzinfo)
+    zone_id = _zone_id(tzinfo)
+    if len(_zone_ids) >= 4096:
+        _zone_ids.clear()
+    _zone_ids[tzinfo] = zone_id
+    return zone_id
 
 
 def _enc_datetime(value: _datetime) -> str:
@@ -132,15 +176,16 @@ def _enc_datetime(value: _datetime) -> str:
             value.second,
             value.microsecond,
         )
-    key = (value, tzinfo, value.fold)
-    text = _dt_cache.get(key)
-    if text is not None:
-        return text
-    offset = value.utcoffset()
-    if offset is None:  # a tzinfo that knows no offset: the value is naive after all
-        return _enc_datetime(value.replace(tzinfo=None))
-    utc = value.replace(tzinfo=None) - offset
-    text = "t:%d,%d,%d,%d,%d,%d,%d,%d,%d,UTC" % (
+    if tzinfo in _UTC_ZONES:
+        utc = value
+        seconds = 0
+    else:
+        offset = value.utcoffset()
+        if offset is None:  # a tzinfo that knows no offset: the value is naive after all
+            return _enc_datetime(value.replace(tzinfo=None))
+        utc = value.replace(tzinfo=None) - offset
+        seconds = offset // _ONE_SECOND
+    return "t:%d,%d,%d,%d,%d,%d,%d,%d,%d,UTC" % (
         utc.year,
         utc.month,
         utc.day,
@@ -148,13 +193,9 @@ def _enc_datetime(value: _datetime) -> str:
         utc.minute,
         utc.second,
         utc.microsecond,
-        offset // _timedelta(seconds=1),
-        _zone_id(tzinfo),
+        seconds,
+        _cached_zone_id(tzinfo),
     )
-    if len(_dt_cache) >= 4096:
-        _dt_cache.clear()
-    _dt_cache[key] = text
-    return text
 
 
 def _enc_date(value: _date) -> str:
@@ -272,7 +313,7 @@ def json_dumps(value: Any) -> bytes:
         tree = _encode(value)
     except RecursionError:
         raise ValueError("value too deeply nested (or recursive) to serialize") from None
-    return _JSON_ENCODE(tree).encode("latin-1")
+    return _json_encode(tree).encode("latin-1")
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -325,37 +366,56 @@ def _zone_from_id(zone_id: int, offset: int) -> Any:
         raise ProtocolError("bad UTC offset %d" % offset) from None
 
 
-_leaf_cache: Dict[str, Any] = {}
+_zones_by_id: Dict[str, Any] = {}
+
+
+def _zone_for(zone_id: str, offset: int) -> Any:
+    """The tzinfo for a zone id field and an offset (cached per pair)."""
+    key = "%s/%d" % (zone_id, offset) if zone_id == "0" else zone_id
+    zone = _zones_by_id.get(key)
+    if zone is None:
+        if len(zone_id) > _MAX_ZONE_ID_DIGITS:
+            raise ProtocolError("zone id too long")
+        try:
+            number = int(zone_id) if zone_id else 0
+        except ValueError:
+            raise ProtocolError("bad zone id %r" % zone_id[:40]) from None
+        zone = _zone_from_id(number, offset)
+        if len(_zones_by_id) >= 4096:
+            _zones_by_id.clear()
+        _zones_by_id[key] = zone
+    return zone
 
 
 def _dec_datetime(data: str) -> _datetime:
-    value = _leaf_cache.get(data)
-    if value is not None:
-        return value  # type: ignore[no-any-return]
-    fields = _fields(data, "datetime")
+    fields = data.split(",")
+    if len(fields) == 10:  # hein 1: UTC wall time, offset, zone id, "UTC"
+        try:
+            year, month, day, hour, minute, second, micro, offset = map(int, fields[:8])
+            tzinfo = _zone_for(fields[8], offset)
+            if tzinfo in _UTC_ZONES:
+                return _datetime(year, month, day, hour, minute, second, micro, tzinfo)
+            return _datetime(year, month, day, hour, minute, second, micro, _UTC).astimezone(tzinfo)
+        except (ValueError, OverflowError) as error:
+            raise ProtocolError("bad datetime %r: %s" % (data[:100], error)) from None
+    if len(data) > 400:
+        raise ProtocolError("datetime field too long")
     zone = fields.pop()
     if len(fields) < 7:
         raise ProtocolError("datetime needs 7 fields, got %r" % data)
-    if len(fields) >= 9 and len(fields[8]) > _MAX_ZONE_ID_DIGITS:
-        raise ProtocolError("zone id too long")
-    numbers = _ints(fields, "datetime")
+    numbers = _ints(fields[:9], "datetime")
     try:
-        wall = _datetime(*numbers[:7])
-        if len(numbers) >= 9:  # hein 1: UTC wall time, offset, zone id
-            tzinfo = _zone_from_id(numbers[8], numbers[7])
-            value = (wall.replace(tzinfo=_UTC)).astimezone(tzinfo)
-        elif zone:  # hein 0.2.3: local wall time in a pytz zone
+        wall = _datetime(*numbers[:7])  # type: ignore[arg-type]
+        if len(numbers) >= 9:  # a later hein: UTC wall time, offset, zone id, more fields
+            tzinfo = _zone_for(fields[8], numbers[7])
+            return wall.replace(tzinfo=_UTC).astimezone(tzinfo)
+        if zone:  # hein 0.2.3: local wall time in a pytz zone
             tzinfo = _pytz_zone(zone)
             localize = getattr(tzinfo, "localize", None)
-            value = localize(wall) if localize is not None else wall.replace(tzinfo=tzinfo)
-        else:
-            value = wall
+            return localize(wall) if localize is not None else wall.replace(tzinfo=tzinfo)
+        return wall
     except (ValueError, OverflowError) as error:
         raise ProtocolError("bad datetime %r: %s" % (data, error)) from None
-    if len(_leaf_cache) >= 4096:
-        _leaf_cache.clear()
-    _leaf_cache[data] = value
-    return value
 
 
 def _dec_date(data: str) -> _date:
@@ -383,7 +443,8 @@ def _dec_time(data: str) -> _time:
             tzinfo = _pytz_zone(zone)
         else:
             tzinfo = None
-        return _time(*numbers[:4], tzinfo=tzinfo)
+        hour, minute, second, micro = numbers[:4]
+        return _time(hour, minute, second, micro, tzinfo=tzinfo)
     except (ValueError, OverflowError) as error:
         raise ProtocolError("bad time %r: %s" % (data, error)) from None
 
@@ -393,7 +454,7 @@ def _dec_int(data: str) -> int:
         return int(data)
     except ValueError:
         pass
-    if len(data) < 100_000 and data.lstrip("-")[:2] in ("0x", "0X"):
+    if data.lstrip("-")[:2] in ("0x", "0X"):  # hexadecimal is parsed in linear time
         try:
             return int(data, 16)
         except ValueError:
@@ -470,7 +531,18 @@ def _decode(node: Any) -> Any:
             raise ProtocolError("unknown type code in leaf %r" % node[:20]) from None
         return decoder(node[2:])
     if kind is dict:
-        return {_decode_key(key): _decode(item) for key, item in node.items()}
+        out = {}
+        decoders = _DECODERS
+        for key, item in node.items():
+            if type(item) is str:
+                leaf_decoder = decoders.get(item[:2])
+                if leaf_decoder is None:
+                    raise ProtocolError("unknown type code in leaf %r" % item[:20])
+                value = leaf_decoder(item[2:])
+            else:
+                value = _decode(item)
+            out[key if key.isascii() else _decode_key(key)] = value
+        return out
     if kind is list:
         return [_decode(item) for item in node]
     raise ProtocolError("leaf %r is not a typed string" % (node,))
@@ -492,9 +564,7 @@ def json_loads(data: bytes) -> Any:
         try:
             text = bytes(data).decode("latin-1")
         except TypeError:
-            raise ProtocolError(
-                "payload must be bytes, not %s" % type(data).__name__
-            ) from None
+            raise ProtocolError("payload must be bytes, not %s" % type(data).__name__) from None
     try:
         tree, end = _JSON_SCAN(text, 0)
     except StopIteration:
@@ -533,8 +603,10 @@ def register_type(
         raise TypeError("cls must be a class, not %r" % (cls,))
     if not callable(encode) or not callable(decode):
         raise TypeError("encode and decode must be callable")
-    if not isinstance(code, str) or len(code) != 1 or code in ":\"\\" or not code.isprintable():
-        raise ValueError("a type code is one printable character other than : \" \\, got %r" % (code,))
+    if not isinstance(code, str) or len(code) != 1 or code in ':"\\' or not code.isprintable():
+        raise ValueError(
+            'a type code is one printable character other than : " \\, got %r' % (code,)
+        )
     if code in BUILTIN_CODES:
         raise ValueError("type code %r is built into hein and cannot be registered" % code)
     if cls in _ENCODERS and cls not in _CUSTOM and any(cls is t for t, _ in _BUILTIN_ENCODERS):

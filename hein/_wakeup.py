@@ -12,7 +12,7 @@ import socket
 class Waker:
     """A socketpair whose read end sits in the loop's selector."""
 
-    __slots__ = ("_reader", "_writer", "_pending")
+    __slots__ = ("_pending", "_reader", "_writer")
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()

@@ -50,7 +50,7 @@ class Message:
             :class:`~hein.errors.ProtocolError` if the payload is not valid extended JSON).
     """
 
-    __slots__ = ("_raw", "_message")
+    __slots__ = ("_message", "_raw")
 
     def __init__(self, raw: bytes) -> None:
         self._raw = bytes(raw)
@@ -87,5 +87,3 @@ class Message:
 
     def __hash__(self) -> int:
         return hash(self._raw)
-
-

@@ -27,7 +27,7 @@ from ._framing import (
     KIND_PING,
     KIND_RAW,
     FrameDecoder,
-    parse_frame,
+    HeaderCache,
 )
 from ._netutil import default_host
 from ._serializer import json_loads
@@ -128,8 +128,14 @@ class SocReceiver:
         self._connectWait = float(connectWait)
         self.portname = str(portname)[:15]
         self.host = default_host() if hostname is None else str(hostname)
-        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or max_frame_size < 64:
-            raise ValueError("max_frame_size must be an int of at least 64, got %r" % (max_frame_size,))
+        if (
+            isinstance(max_frame_size, bool)
+            or not isinstance(max_frame_size, int)
+            or max_frame_size < 64
+        ):
+            raise ValueError(
+                "max_frame_size must be an int of at least 64, got %r" % (max_frame_size,)
+            )
         self.max_frame_size = max_frame_size
         self._loop_connect = False
         self._closing = False
@@ -197,7 +203,9 @@ class SocReceiver:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._nudge.clear()
-            self._thread = threading.Thread(target=self._run, name="hein-rx-%s" % self.name, daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="hein-rx-%s" % self.name, daemon=True
+            )
             self._thread.start()
 
     def stop_connectLoop(self) -> None:
@@ -311,7 +319,9 @@ class SocReceiver:
             except queue.Empty:
                 return
 
-    async def amessages(self, timeout: Optional[float] = None) -> AsyncIterator[Tuple[Optional[str], Any]]:
+    async def amessages(
+        self, timeout: Optional[float] = None
+    ) -> AsyncIterator[Tuple[Optional[str], Any]]:
         """Iterate over messages from asyncio: ``async for tag, data in r.amessages():``.
 
         The receiver thread wakes the event loop with ``loop.call_soon_threadsafe`` (once per
@@ -335,7 +345,9 @@ class SocReceiver:
                 if self._closing and not (self._thread and self._thread.is_alive()):
                     return
                 try:
-                    await asyncio.wait_for(event.wait(), timeout if timeout is not None else _POLL * 4)
+                    await asyncio.wait_for(
+                        event.wait(), timeout if timeout is not None else _POLL * 4
+                    )
                 except asyncio.TimeoutError:
                     if timeout is not None:
                         return
@@ -420,7 +432,9 @@ class SocReceiver:
         except OSError as error:
             self._sock = None
             sock.close()
-            return None, (error.strerror or str(error)) if not isinstance(error, socket.timeout) else "handshake timed out"
+            return None, (error.strerror or str(error)) if not isinstance(
+                error, socket.timeout
+            ) else "handshake timed out"
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover
@@ -434,6 +448,7 @@ class SocReceiver:
         logger.info("%s %r: connected to %s:%d", self, self.name, self.host, self.port)
         self._call_newconnection()
         decoder = FrameDecoder(self.max_frame_size)
+        parse_frame = HeaderCache().parse
         buffer = bytearray(max(self.buffer_size, READ_SIZE))
         view = memoryview(buffer)
         sock.settimeout(_POLL)
@@ -471,7 +486,9 @@ class SocReceiver:
                     frame = parse_frame(raw)
                     kind = frame.kind
                     if kind == KIND_JSON:
-                        data: Any = json_loads(frame.payload) if frame.unpack else Message(frame.payload)
+                        data: Any = (
+                            json_loads(frame.payload) if frame.unpack else Message(frame.payload)
+                        )
                     elif kind == KIND_RAW:
                         data = frame.payload
                     elif kind == KIND_PING:
@@ -488,7 +505,11 @@ class SocReceiver:
                 batch.append((frame.tag, data))
             if batch:
                 stats["messages"] += len(batch)
-                if self.pull and "process" not in self.__dict__ and type(self).process is SocReceiver.process:
+                if (
+                    self.pull
+                    and "process" not in self.__dict__
+                    and type(self).process is SocReceiver.process
+                ):
                     self._enqueue(batch)
                 else:
                     process = self.process
@@ -508,5 +529,3 @@ class SocReceiver:
             self._newconnection()
         except Exception:
             logger.exception("%s %r: exception in _newconnection()", self, self.name)
-
-

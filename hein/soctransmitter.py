@@ -35,10 +35,10 @@ from ._framing import (
     KIND_PING,
     KIND_RAW,
     TAG_MAX_LENGTH,
-    clean_tag,
-    frame_header,
-    escape_payload,
     TERMINATOR,
+    clean_tag,
+    escape_payload,
+    frame_header,
 )
 from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
 from ._serializer import json_dumps
@@ -95,7 +95,7 @@ class _PingRequest:
 
     def __init__(self) -> None:
         self.results: Dict[str, bool] = {}
-        self.pending: Dict["_Connection", int] = {}
+        self.pending: Dict[_Connection, int] = {}
         self.deadline = 0.0
         self.done = threading.Event()
 
@@ -186,7 +186,7 @@ class SocTransmitter:
         self.portname = str(portname)[:TAG_MAX_LENGTH]
         self.timeoutACK = _check_seconds("timeoutACK", timeoutACK, allow_none=True)
         self.heartbeat = _check_seconds("heartbeat", heartbeat, allow_none=True)
-        self.handshake_timeout = _check_seconds("handshake_timeout", handshake_timeout)
+        self.handshake_timeout = _positive_seconds("handshake_timeout", handshake_timeout)
         if isinstance(max_queue_bytes, bool) or not isinstance(max_queue_bytes, int):
             raise TypeError("max_queue_bytes must be an int")
         if max_queue_bytes < 1024:
@@ -211,7 +211,7 @@ class SocTransmitter:
         self._waker: Optional[Waker] = None
         self._thread: Optional[threading.Thread] = None
         self._callback_thread: Optional[threading.Thread] = None
-        self._callbacks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued_max = 0
         self._listeners: List[socket.socket] = []
         if start:
@@ -277,14 +277,20 @@ class SocTransmitter:
             )
             self._callback_thread.start()
             self._thread.start()
-        logger.info("%s: listening on %s", self, ", ".join(describe(s.getsockname()) for s in listeners))
+        logger.info(
+            "%s: listening on %s", self, ", ".join(describe(s.getsockname()) for s in listeners)
+        )
 
     def _bind(self) -> List[socket.socket]:
         listeners: List[socket.socket] = []
         port = self.port
         try:
             for host in self._hosts:
-                family = socket.AF_INET6 if host and family_of(host) == socket.AF_INET6 else socket.AF_INET
+                family = (
+                    socket.AF_INET6
+                    if host and family_of(host) == socket.AF_INET6
+                    else socket.AF_INET
+                )
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 listeners.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -356,7 +362,9 @@ class SocTransmitter:
         if not self._running:
             return False
         payload = json_dumps(v)
-        return self._queue(frame_header(KIND_JSON, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR)
+        return self._queue(
+            frame_header(KIND_JSON, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR
+        )
 
     def tell_raw(self, txt: Union[str, bytes], tag: Optional[str] = None) -> bool:
         """Broadcast text or bytes as they are; receivers get bytes.
@@ -372,7 +380,9 @@ class SocTransmitter:
             return False
         if not data or not self._running:
             return False
-        return self._queue(frame_header(KIND_RAW, clean_tag(tag), False) + escape_payload(data) + TERMINATOR)
+        return self._queue(
+            frame_header(KIND_RAW, clean_tag(tag), False) + escape_payload(data) + TERMINATOR
+        )
 
     def _queue(self, frame: bytes) -> bool:
         self._inbox.append(frame)
@@ -414,7 +424,9 @@ class SocTransmitter:
         while self._running:
             done = threading.Event()
             self._command(("flush", done))
-            if done.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+            if done.wait(
+                0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+            ):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -422,12 +434,15 @@ class SocTransmitter:
 
     def queued_bytes(self) -> int:
         """The largest number of bytes waiting for one receiver (updated by the loop)."""
-        return self._queued_max + sum(len(item) for item in list(self._inbox) if type(item) is bytes)
+        return self._queued_max + sum(
+            len(item) for item in list(self._inbox) if type(item) is bytes
+        )
 
     # ------------------------------------------------------------------- deprecated senders
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name in _DEPRECATED_SENDERS:
+
             def deprecated(v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
                 warnings.warn(
                     "%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=2
@@ -446,7 +461,9 @@ class SocTransmitter:
 
     def tell_report(self, *args: Any, **kwargs: Any) -> bool:
         """Deprecated and meaningless since hein 0.2: warns and sends nothing."""
-        warnings.warn("tell_report is deprecated, use tell instead", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "tell_report is deprecated, use tell instead", DeprecationWarning, stacklevel=2
+        )
         return False
 
     # ----------------------------------------------------------------- callbacks to override
@@ -490,7 +507,11 @@ class SocTransmitter:
             inbox = self._inbox
             stopping = False
             while not stopping:
-                timeout = max(0.0, self._next_timers - time.monotonic()) if self._next_timers else _TIMER_PERIOD
+                timeout = (
+                    max(0.0, self._next_timers - time.monotonic())
+                    if self._next_timers
+                    else _TIMER_PERIOD
+                )
                 events = selector.select(timeout if not inbox else 0)
                 for key, mask in events:
                     data = key.data
@@ -597,7 +618,9 @@ class SocTransmitter:
                 if conn.offset:
                     sent = sock.send(memoryview(head)[conn.offset : conn.offset + _SEND_CHUNK])
                 elif len(head) > _SEND_CHUNK or len(outbox) == 1:
-                    sent = sock.send(head if len(head) <= _SEND_CHUNK else memoryview(head)[:_SEND_CHUNK])
+                    sent = sock.send(
+                        head if len(head) <= _SEND_CHUNK else memoryview(head)[:_SEND_CHUNK]
+                    )
                 else:
                     # coalesce small chunks into one write
                     parts = []
@@ -658,11 +681,15 @@ class SocTransmitter:
                     logger.warning("%s: cannot accept: %s", self, error)
                 return
             if not self.allow_remote and not is_local_peer(sock):
-                logger.warning("%s: refused remote peer %s (allow_remote=False)", self, describe(address))
+                logger.warning(
+                    "%s: refused remote peer %s (allow_remote=False)", self, describe(address)
+                )
                 sock.close()
                 continue
             if self._npending >= self.max_pending:
-                logger.warning("%s: refused %s: %d handshakes pending", self, describe(address), self._npending)
+                logger.warning(
+                    "%s: refused %s: %d handshakes pending", self, describe(address), self._npending
+                )
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -735,7 +762,9 @@ class SocTransmitter:
             # ask the registered one whether it is alive
             existing.challenger = conn
             conn.challenged = existing
-            conn.challenge_deadline = time.monotonic() + min(self.timeoutACK or 1.0, DUPLICATE_CHECK_TIMEOUT)
+            conn.challenge_deadline = time.monotonic() + min(
+                self.timeoutACK or 1.0, DUPLICATE_CHECK_TIMEOUT
+            )
             self._send_to(existing, _PING_FRAME)
             existing.challenge_offset = existing.queued_total
             return
@@ -785,7 +814,11 @@ class SocTransmitter:
                 elif now - conn.accepted > self.handshake_timeout:
                     self._drop(conn, "no name within the handshake timeout")
                 continue
-            if timeout is not None and conn.waiting_since is not None and now - conn.waiting_since > timeout:
+            if (
+                timeout is not None
+                and conn.waiting_since is not None
+                and now - conn.waiting_since > timeout
+            ):
                 self._drop(conn, "no ACK for %.3g s" % timeout)
                 continue
             if heartbeat is not None and not conn.outbox and now - conn.last_write > heartbeat:
@@ -909,23 +942,19 @@ class SocTransmitter:
 
 def _check_port(port: Any) -> int:
     if isinstance(port, bool) or not isinstance(port, int):
-        try:
-            if isinstance(port, str) and port.strip().isdigit():
-                port = int(port)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError("port must be an int, not %s" % type(port).__name__) from None
+        raise TypeError("port must be an int, not %s" % type(port).__name__)
     if not 0 <= port <= 65535:
         raise ValueError("port must be between 0 and 65535, got %d" % port)
     return port
 
 
 def _check_seconds(name: str, value: Any, allow_none: bool = False) -> Optional[float]:
-    if value is None:
-        if allow_none:
-            return None
-        raise TypeError("%s must be a number of seconds, not None" % name)
+    if value is None and allow_none:
+        return None
+    return _positive_seconds(name, value)
+
+
+def _positive_seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("%s must be a number of seconds, not %s" % (name, type(value).__name__))
     if not value > 0:
