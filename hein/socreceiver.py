@@ -29,6 +29,7 @@ from ._framing import (
     FrameDecoder,
     HeaderCache,
 )
+from ._handshake import parse_hello, silence_limit
 from ._netutil import default_host
 from ._serializer import json_loads
 from .core import Message
@@ -454,10 +455,21 @@ class SocReceiver:
         sock.settimeout(_POLL)
         warnings = 0
         stats = self._stats
+        silence: Optional[float] = None  # set once the transmitter announces heartbeats
+        last_heard = time.monotonic()
         while not self._closing:
             try:
                 count = sock.recv_into(buffer)
             except socket.timeout:
+                if silence is not None and time.monotonic() - last_heard > silence:
+                    logger.warning(
+                        "%s %r: nothing from the transmitter for %.3g s (it announced "
+                        "heartbeats); reconnecting",
+                        self,
+                        self.name,
+                        silence,
+                    )
+                    return
                 continue
             except OSError as error:
                 logger.info("%s %r: connection lost: %s", self, self.name, error)
@@ -466,6 +478,8 @@ class SocReceiver:
                 logger.info("%s %r: the transmitter closed the connection", self, self.name)
                 return
             stats["bytes"] += count
+            if silence is not None:
+                last_heard = time.monotonic()
             try:
                 frames = decoder.feed(view[:count])
             except FrameTooLarge as error:
@@ -492,6 +506,11 @@ class SocReceiver:
                     elif kind == KIND_RAW:
                         data = frame.payload
                     elif kind == KIND_PING:
+                        if frame.payload:
+                            hello = parse_hello(frame.payload)
+                            if hello is not None:
+                                silence = silence_limit(hello)
+                                last_heard = time.monotonic()
                         continue
                     else:  # KIND_DIE
                         told_to_die = True

@@ -40,6 +40,7 @@ from ._framing import (
     escape_payload,
     frame_header,
 )
+from ._handshake import hello_frame
 from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
 from ._serializer import json_dumps
 from ._wakeup import Waker
@@ -788,8 +789,7 @@ class SocTransmitter:
         conn.since = time.time()
         conn.last_write = time.monotonic()
         self._registered[name] = conn
-        self._send_to(conn, ACK)
-        conn.waiting_since = None
+        self._send_to(conn, ACK + hello_frame(self.heartbeat))
         self._update_receivers()
         logger.info("%s: receiver %r registered from %s", self, name, describe(conn.address))
         self._callbacks.put(("_newconnection", name))
