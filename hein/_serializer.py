@@ -40,6 +40,7 @@ _timezone = _dt.timezone
 _UTC = _timezone.utc
 _PYTZ_UTC = pytz.utc
 _ONE_SECOND = _timedelta(seconds=1)
+_ONE_MICROSECOND = _timedelta(microseconds=1)
 
 #: Type codes of the legacy protocol; custom types cannot use them.
 BUILTIN_CODES = frozenset("bifnuyYstDT")
@@ -74,6 +75,7 @@ def _json_encode(tree: Any) -> str:
 
 
 _JSON_DECODER = json.JSONDecoder(strict=False)
+_WHITESPACE = " \t\r\n"
 _JSON_SCAN = _JSON_DECODER.scan_once  # type: ignore[attr-defined]
 
 # ----------------------------------------------------------------------------------- encoding
@@ -176,26 +178,35 @@ def _enc_datetime(value: _datetime) -> str:
             value.second,
             value.microsecond,
         )
-    if tzinfo in _UTC_ZONES:
-        utc = value
-        seconds = 0
+    if tzinfo is _UTC or tzinfo is _PYTZ_UTC:
+        wall = value
+        seconds = micros = 0
+        zone = "UTC"
     else:
         offset = value.utcoffset()
         if offset is None:  # a tzinfo that knows no offset: the value is naive after all
             return _enc_datetime(value.replace(tzinfo=None))
-        utc = value.replace(tzinfo=None) - offset
-        seconds = offset // _ONE_SECOND
-    return "t:%d,%d,%d,%d,%d,%d,%d,%d,%d,UTC" % (
-        utc.year,
-        utc.month,
-        utc.day,
-        utc.hour,
-        utc.minute,
-        utc.second,
-        utc.microsecond,
+        seconds, micros = divmod(offset // _ONE_MICROSECOND, 1_000_000)
+        try:
+            wall = value.replace(tzinfo=None) - offset
+            zone = "UTC"
+        except OverflowError:  # the UTC wall time is out of range: send the local one
+            wall = value
+            zone = ""
+    text = "t:%d,%d,%d,%d,%d,%d,%d,%d,%d" % (
+        wall.year,
+        wall.month,
+        wall.day,
+        wall.hour,
+        wall.minute,
+        wall.second,
+        wall.microsecond,
         seconds,
         _cached_zone_id(tzinfo),
     )
+    if micros:
+        return "%s,%d,%s" % (text, micros, zone)
+    return text + "," + zone
 
 
 def _enc_date(value: _date) -> str:
@@ -208,9 +219,11 @@ def _enc_time(value: _time) -> str:
     if tzinfo is None:
         return "T:" + fields + ","
     offset = value.utcoffset()
-    seconds = 0 if offset is None else offset // _timedelta(seconds=1)
+    seconds, micros = divmod(0 if offset is None else offset // _ONE_MICROSECOND, 1_000_000)
     zone = getattr(tzinfo, "zone", None)
     name = zone if isinstance(zone, str) and zone in pytz.all_timezones_set else ""
+    if micros:
+        return "T:%s,%d,%d,%d,%s" % (fields, seconds, _zone_id(tzinfo), micros, name)
     return "T:%s,%d,%d,%s" % (fields, seconds, _zone_id(tzinfo), name)
 
 
@@ -347,7 +360,7 @@ def _pytz_zone(name: str) -> Any:
 
 
 def _zone_from_id(zone_id: int, offset: int) -> Any:
-    """The tzinfo named by a zone id (see :func:`_zone_id`)."""
+    """The tzinfo named by a zone id (see :func:`_zone_id`); ``offset`` in microseconds."""
     if zone_id > 0:
         name = zone_id.to_bytes((zone_id.bit_length() + 7) // 8, "big")
         kind, key = name[:1], name[1:].decode("latin-1")
@@ -361,17 +374,17 @@ def _zone_from_id(zone_id: int, offset: int) -> Any:
     if offset == 0:
         return _UTC
     try:
-        return _timezone(_timedelta(seconds=offset))
-    except ValueError:
+        return _timezone(_timedelta(microseconds=offset))
+    except (ValueError, OverflowError):
         raise ProtocolError("bad UTC offset %d" % offset) from None
 
 
-_zones_by_id: Dict[str, Any] = {}
+_zones_by_id: Dict[Tuple[str, int], Any] = {}
 
 
 def _zone_for(zone_id: str, offset: int) -> Any:
-    """The tzinfo for a zone id field and an offset (cached per pair)."""
-    key = "%s/%d" % (zone_id, offset) if zone_id == "0" else zone_id
+    """The tzinfo for a zone id field and an offset in microseconds (cached per pair)."""
+    key = (zone_id, offset)
     zone = _zones_by_id.get(key)
     if zone is None:
         if len(zone_id) > _MAX_ZONE_ID_DIGITS:
@@ -387,15 +400,34 @@ def _zone_for(zone_id: str, offset: int) -> Any:
     return zone
 
 
+def _local_in_zone(wall: _datetime, tzinfo: Any, offset: int) -> _datetime:
+    """``wall`` (a local time at ``offset`` microseconds from UTC) in ``tzinfo``."""
+    wanted = _timedelta(microseconds=offset)
+    localize = getattr(tzinfo, "localize", None)
+    for attempt in range(2):
+        try:
+            if localize is not None:  # pytz
+                candidate = localize(wall, is_dst=bool(attempt))
+            else:
+                candidate = wall.replace(tzinfo=tzinfo, fold=attempt)
+            if candidate.utcoffset() == wanted:
+                return candidate  # type: ignore[no-any-return]
+        except (OverflowError, ValueError):  # pytz cannot place times near the ends of time
+            if localize is not None and tzinfo.utcoffset(None) in (wanted, None):
+                return wall.replace(tzinfo=tzinfo)  # the zone's default (LMT) entry
+    return wall.replace(tzinfo=_zone_from_id(0, offset))
+
+
 def _dec_datetime(data: str) -> _datetime:
     fields = data.split(",")
-    if len(fields) == 10:  # hein 1: UTC wall time, offset, zone id, "UTC"
+    if len(fields) == 10 and fields[9] == "UTC":  # hein 1: UTC wall time, offset, zone id
         try:
             year, month, day, hour, minute, second, micro, offset = map(int, fields[:8])
-            tzinfo = _zone_for(fields[8], offset)
-            if tzinfo in _UTC_ZONES:
+            tzinfo = _zone_for(fields[8], offset * 1_000_000)
+            if tzinfo is _UTC or tzinfo is _PYTZ_UTC:
                 return _datetime(year, month, day, hour, minute, second, micro, tzinfo)
-            return _datetime(year, month, day, hour, minute, second, micro, _UTC).astimezone(tzinfo)
+            utc = _datetime(year, month, day, hour, minute, second, micro, _UTC)
+            return utc.astimezone(tzinfo)
         except (ValueError, OverflowError) as error:
             raise ProtocolError("bad datetime %r: %s" % (data[:100], error)) from None
     if len(data) > 400:
@@ -403,12 +435,16 @@ def _dec_datetime(data: str) -> _datetime:
     zone = fields.pop()
     if len(fields) < 7:
         raise ProtocolError("datetime needs 7 fields, got %r" % data)
-    numbers = _ints(fields[:9], "datetime")
+    numbers = _ints(fields[:10], "datetime")
     try:
         wall = _datetime(*numbers[:7])  # type: ignore[arg-type]
-        if len(numbers) >= 9:  # a later hein: UTC wall time, offset, zone id, more fields
-            tzinfo = _zone_for(fields[8], numbers[7])
-            return wall.replace(tzinfo=_UTC).astimezone(tzinfo)
+        if len(numbers) >= 9:  # hein 1: wall time, offset (s), zone id, [offset (us)]
+            offset = numbers[7] * 1_000_000 + (numbers[9] if len(numbers) >= 10 else 0)
+            tzinfo = _zone_for(fields[8], offset)
+            if zone == "UTC":
+                return wall.replace(tzinfo=_UTC).astimezone(tzinfo)
+            # the local wall time (sent when the UTC one is out of range)
+            return _local_in_zone(wall, tzinfo, offset)
         if zone:  # hein 0.2.3: local wall time in a pytz zone
             tzinfo = _pytz_zone(zone)
             localize = getattr(tzinfo, "localize", None)
@@ -437,8 +473,9 @@ def _dec_time(data: str) -> _time:
         raise ProtocolError("zone id too long")
     numbers = _ints(fields, "time")
     try:
-        if len(numbers) >= 6:  # hein 1: offset, zone id
-            tzinfo = _zone_from_id(numbers[5], numbers[4])
+        if len(numbers) >= 6:  # hein 1: offset (s), zone id, [offset (us)]
+            offset = numbers[4] * 1_000_000 + (numbers[6] if len(numbers) >= 7 else 0)
+            tzinfo = _zone_from_id(numbers[5], offset)
         elif zone:
             tzinfo = _pytz_zone(zone)
         else:
@@ -565,13 +602,16 @@ def json_loads(data: bytes) -> Any:
             text = bytes(data).decode("latin-1")
         except TypeError:
             raise ProtocolError("payload must be bytes, not %s" % type(data).__name__) from None
+    start = 0
+    if text[:1] in _WHITESPACE and text:
+        start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        tree, end = _JSON_SCAN(text, 0)
+        tree, end = _JSON_SCAN(text, start)
     except StopIteration:
         raise ProtocolError("payload is not JSON: %r" % text[:50]) from None
     except (ValueError, RecursionError) as error:
         raise ProtocolError("payload is not JSON: %s" % error) from None
-    if end != len(text) and text[end:].strip(" \t\r\n"):
+    if end != len(text) and text[end:].strip(_WHITESPACE):
         raise ProtocolError("trailing data after the JSON document")
     try:
         return _decode(tree)
@@ -607,6 +647,8 @@ def register_type(
         raise ValueError(
             'a type code is one printable character other than : " \\, got %r' % (code,)
         )
+    if ord(code) > 0xFF:
+        raise ValueError("a type code must be a Latin-1 character, got %r" % code)
     if code in BUILTIN_CODES:
         raise ValueError("type code %r is built into hein and cannot be registered" % code)
     if cls in _ENCODERS and cls not in _CUSTOM and any(cls is t for t, _ in _BUILTIN_ENCODERS):
@@ -623,6 +665,9 @@ def register_type(
         except Exception as error:
             raise ProtocolError("decoder of type code %r failed: %r" % (code, error)) from None
 
+    previous = _CUSTOM.get(cls)
+    if previous is not None and previous[0] != code:
+        _DECODERS.pop(previous[0] + ":", None)
     _CUSTOM[cls] = (code, encode)
     _DECODERS[code + ":"] = decoder
     _reset_encoder_cache()
