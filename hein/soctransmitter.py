@@ -22,6 +22,7 @@ import logging
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 import warnings
@@ -40,7 +41,19 @@ from ._framing import (
     escape_payload,
     frame_header,
 )
-from ._handshake import hello_frame
+from ._handshake import (
+    KIND_AUTH,
+    MAX_AUTH_FRAME,
+    NONCE_SIZE,
+    auth_digest,
+    challenge_frame,
+    digests_match,
+    hello_frame,
+    hex_field,
+    new_nonce,
+    parse_hello,
+    proof_frame,
+)
 from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
 from ._serializer import json_dumps
 from ._wakeup import Waker
@@ -61,6 +74,8 @@ DUPLICATE_CHECK_TIMEOUT = 0.5
 DEFAULT_MAX_PENDING = 1024
 #: How long ``close()`` waits for the threads, in seconds.
 CLOSE_TIMEOUT = 2.0
+#: Seconds a receiver told to drop (``__die__``) has to close its end before we close ours.
+DIE_GRACE = 0.5
 
 _SEND_CHUNK = 4 * 1024 * 1024
 _TIMER_PERIOD = 0.05
@@ -128,6 +143,14 @@ class _Connection:
     challenge_deadline: float = 0.0
     pings: List[_PingRequest] = field(default_factory=list)
     challenge_offset: int = 0
+    tls: bool = False
+    tls_handshaking: bool = False
+    auth_nonce: Optional[bytes] = None
+    auth_buffer: bytearray = field(default_factory=bytearray)
+    pending: bool = True  # still in its handshake (counts against max_pending)
+    dying_deadline: float = 0.0  # told to drop: closed at this time at the latest
+    half_closed: bool = False
+    blocked: bool = False  # the last write found the socket buffers full
     frames_sent: int = 0
     closed: bool = False
 
@@ -150,8 +173,14 @@ class SocTransmitter:
         max_queue_bytes: keyword-only; bound on the bytes queued for one receiver; one that
             falls further behind is dropped (it reconnects by itself).
         heartbeat: keyword-only; seconds between pings to an idle receiver (None: off).
-        handshake_timeout: keyword-only; seconds a new connection has to send its name.
+        handshake_timeout: keyword-only; seconds a new connection has to send its name (and,
+            with ``authkey``, to answer the challenge).
         max_pending: keyword-only; most connections still in their handshake at once.
+        authkey: keyword-only; bytes shared with the receivers: only a receiver that proves it
+            knows the key (HMAC-SHA256 challenge, both ways; the key never travels) is
+            registered. hein 0.2.3 receivers cannot, so they are refused.
+        ssl_context: keyword-only; an ``ssl.SSLContext`` for the server side (with its
+            certificate loaded): every connection is TLS. hein 0.2.3 receivers cannot connect.
 
     Methods for callers: :meth:`start`, :meth:`close`, :meth:`tell`, :meth:`tell_raw`,
     :meth:`ping`, :meth:`close_receivers`, :meth:`flush`, :meth:`queued_bytes`.
@@ -177,6 +206,8 @@ class SocTransmitter:
         heartbeat: Optional[float] = DEFAULT_HEARTBEAT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
+        authkey: Optional[bytes] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.port = _check_port(port)
         if isinstance(nreceivermax, bool) or not isinstance(nreceivermax, int):
@@ -197,6 +228,17 @@ class SocTransmitter:
             raise ValueError("max_pending must be a positive int, got %r" % (max_pending,))
         self.max_pending = max_pending
         self.allow_remote = bool(allow_remote)
+        if authkey is not None:
+            if not isinstance(authkey, (bytes, bytearray)):
+                raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
+            if not authkey:
+                raise ValueError("authkey must not be empty")
+            authkey = bytes(authkey)
+        self._authkey = authkey
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context must be an ssl.SSLContext")
+        self.ssl_context = ssl_context
+        self._warned: Dict[Any, float] = {}
         if host is None:
             self._hosts = [""] if self.allow_remote else local_bind_addresses()
         elif isinstance(host, str):
@@ -386,6 +428,11 @@ class SocTransmitter:
         )
 
     def _queue(self, frame: bytes) -> bool:
+        if len(frame) > self.max_queue_bytes:
+            raise ValueError(
+                "message of %d bytes is larger than max_queue_bytes (%d)"
+                % (len(frame), self.max_queue_bytes)
+            )
         self._inbox.append(frame)
         waker = self._waker
         if waker is not None:
@@ -506,8 +553,12 @@ class SocTransmitter:
             for sock in listeners:
                 selector.register(sock, selectors.EVENT_READ, sock)
             inbox = self._inbox
-            stopping = False
-            while not stopping:
+            self._stop_deadline = 0.0
+            while True:
+                if self._stop_deadline:
+                    now = time.monotonic()
+                    if now >= self._stop_deadline or not self._connections:
+                        break
                 timeout = (
                     max(0.0, self._next_timers - time.monotonic())
                     if self._next_timers
@@ -525,11 +576,14 @@ class SocTransmitter:
                         if mask & selectors.EVENT_READ:
                             self._on_readable(data)
                         if mask & selectors.EVENT_WRITE and not data.closed:
-                            self._write(data)
+                            if data.tls_handshaking:
+                                self._tls_step(data)
+                            else:
+                                self._write(data)
                     else:
                         self._accept(data)
-                if inbox:
-                    stopping = self._drain_inbox(inbox)
+                if inbox and not self._stop_deadline and self._drain_inbox(inbox):
+                    self._begin_close()
                 now = time.monotonic()
                 if now >= self._next_timers:
                     self._check_timers(now)
@@ -539,18 +593,31 @@ class SocTransmitter:
             self._running = False
         finally:
             self._shutdown_connections()
-            for sock in listeners:
-                try:
-                    selector.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
-                sock.close()
+            self._close_listeners()
             selector.close()
             waker.close()
             self.receivers = {}
             self._queued_max = 0
             for request in self._pings:
                 request.done.set()
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+
+    def _begin_close(self) -> None:
+        """Stop listening, tell every receiver to drop, and give them DIE_GRACE to close."""
+        self._close_listeners()
+        self._stop_deadline = time.monotonic() + DIE_GRACE
+        for conn in list(self._connections.values()):
+            if conn.registered:
+                self._retire(conn, "the transmitter is closing")
+            elif conn.dying_deadline == 0.0:
+                self._close(conn)
 
     def _drain_inbox(self, inbox: Deque[Any]) -> bool:
         """Move queued frames to every receiver; run commands. True when asked to stop."""
@@ -589,15 +656,15 @@ class SocTransmitter:
         limit = self.max_queue_bytes
         queued_max = 0
         for conn in list(self._registered.values()):
-            if conn.queued + size > limit:
-                self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
-                continue
             conn.outbox.append(chunk)
             conn.queued += size
             conn.queued_total += size
             conn.frames_sent += count
             if not conn.writing:
                 self._write(conn)
+            if conn.queued > limit:
+                self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
+                continue
             if conn.queued > queued_max:
                 queued_max = conn.queued
         self._queued_max = queued_max
@@ -631,8 +698,14 @@ class SocTransmitter:
                         total += len(part)
                         if total >= _SEND_CHUNK or len(parts) >= 512:
                             break
-                    sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])
-            except (BlockingIOError, InterruptedError):
+                    if len(parts) == 1:
+                        sent = sock.send(parts[0])
+                    elif conn.tls:
+                        sent = sock.send(b"".join(parts))
+                    else:
+                        sent = sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                conn.blocked = True
                 break
             except OSError as error:
                 self._drop(conn, "write failed: %s" % (error.strerror or error))
@@ -641,8 +714,14 @@ class SocTransmitter:
                 break
             now = time.monotonic()
             conn.last_write = now
-            if conn.waiting_since is None and conn.registered:
-                conn.waiting_since = now
+            if conn.registered:
+                if conn.blocked:
+                    # the socket buffers were full, so the kernel took these bytes only
+                    # because the receiver read: progress, as good as an ACK
+                    conn.blocked = False
+                    conn.waiting_since = now
+                elif conn.waiting_since is None:
+                    conn.waiting_since = now
             conn.sent_total += sent
             conn.queued -= sent
             remaining = sent + conn.offset
@@ -656,6 +735,10 @@ class SocTransmitter:
                     conn.offset = remaining
                     remaining = 0
         wants_write = bool(outbox)
+        if not wants_write and conn.dying_deadline and not conn.half_closed:
+            self._half_close(conn)
+            if conn.closed:
+                return
         if wants_write != conn.writing:
             conn.writing = wants_write
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
@@ -682,14 +765,19 @@ class SocTransmitter:
                     logger.warning("%s: cannot accept: %s", self, error)
                 return
             if not self.allow_remote and not is_local_peer(sock):
-                logger.warning(
-                    "%s: refused remote peer %s (allow_remote=False)", self, describe(address)
+                self._warn_once(
+                    ("remote", address[0]),
+                    "%s: refused remote peer %s (allow_remote=False)",
+                    describe(address),
                 )
                 sock.close()
                 continue
             if self._npending >= self.max_pending:
-                logger.warning(
-                    "%s: refused %s: %d handshakes pending", self, describe(address), self._npending
+                self._warn_once(
+                    "max_pending",
+                    "%s: refused %s: %d handshakes pending (max_pending)",
+                    describe(address),
+                    self._npending,
                 )
                 sock.close()
                 continue
@@ -698,17 +786,88 @@ class SocTransmitter:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover - not TCP
                 pass
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except (OSError, ValueError) as error:
+                    self._warn_once(
+                        ("tls", address[0]), "%s: TLS refused %s: %s", describe(address), error
+                    )
+                    sock.close()
+                    continue
             conn = _Connection(sock=sock, address=address, accepted=time.monotonic())
             self._connections[sock] = conn
             self._npending += 1
             self._selector.register(sock, selectors.EVENT_READ, conn)
             logger.debug("%s: accepted %s", self, describe(address))
-            self._send_to(conn, ACK)
+            if self.ssl_context is not None:
+                conn.tls = conn.tls_handshaking = True
+                self._tls_step(conn)
+            else:
+                self._send_to(conn, ACK)
+
+    def _tls_step(self, conn: _Connection) -> None:
+        """Advance a server-side TLS handshake without blocking; send the ACK when done."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as error:
+            self._warn_once(
+                ("tls", conn.address[0]),
+                "%s: TLS handshake with %s failed: %s",
+                describe(conn.address),
+                error,
+            )
+            self._close(conn)
+            return
+        conn.tls_handshaking = False
+        self._set_events(conn, selectors.EVENT_READ)
+        self._send_to(conn, ACK)
+
+    def _set_events(self, conn: _Connection, events: int) -> None:
+        conn.writing = bool(events & selectors.EVENT_WRITE)
+        try:
+            self._selector.modify(conn.sock, events, conn)
+        except (KeyError, ValueError, OSError):  # pragma: no cover - closed under us
+            pass
+
+    def _warn_once(self, key: Any, message: str, *args: Any) -> None:
+        """Log a warning once per ``key`` a minute (peers may retry many times a second)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) < 60.0:
+            logger.debug(message, self, *args)
+            return
+        if len(self._warned) > 1024:
+            self._warned.clear()
+        self._warned[key] = now
+        logger.warning(message, self, *args)
 
     def _on_readable(self, conn: _Connection) -> None:
+        if conn.tls_handshaking:
+            self._tls_step(conn)
+            return
+        if conn.registered:
+            size = 65536
+        elif conn.name is None:
+            size = TAG_MAX_LENGTH
+        else:
+            size = max(1, MAX_AUTH_FRAME - len(conn.auth_buffer))
         try:
-            data = conn.sock.recv(65536 if conn.registered else TAG_MAX_LENGTH)
-        except (BlockingIOError, InterruptedError):
+            data = conn.sock.recv(size)
+            if conn.tls and conn.registered:
+                pending = conn.sock.pending()  # type: ignore[attr-defined]
+                if pending:
+                    data += conn.sock.recv(pending)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as error:
             self._drop(conn, "read failed: %s" % (error.strerror or error))
@@ -716,6 +875,8 @@ class SocTransmitter:
         if not data:
             self._drop(conn, "connection closed by the receiver", logging.INFO)
             return
+        if conn.dying_deadline:
+            return  # ACKs from a receiver told to drop
         if conn.registered:
             if data.strip(ACK):
                 self._drop(conn, "it sent %r, which is not an ACK" % data[:20])
@@ -723,6 +884,8 @@ class SocTransmitter:
             self._on_ack(conn)
         elif conn.name is None:
             self._on_name(conn, data)
+        elif conn.auth_nonce is not None:
+            self._on_auth(conn, data)
         else:  # bytes during the duplicate check, before registration
             self._drop(conn, "it sent bytes before it was registered")
 
@@ -741,9 +904,9 @@ class SocTransmitter:
         if challenger is not None and conn.sent_total >= conn.challenge_offset:
             conn.challenger = None
             challenger.challenged = None
-            logger.warning(
+            self._warn_once(
+                ("duplicate", conn.name),
                 "%s: refused a second receiver named %r from %s: the first one answers",
-                self,
                 conn.name,
                 describe(challenger.address),
             )
@@ -755,6 +918,58 @@ class SocTransmitter:
         except UnicodeDecodeError:
             name = data.decode("latin-1")
         conn.name = name
+        if self._authkey is not None:
+            conn.auth_nonce = new_nonce()
+            self._send_to(conn, challenge_frame(conn.auth_nonce))
+            return
+        self._admit(conn)
+
+    def _on_auth(self, conn: _Connection, data: bytes) -> None:
+        """Bytes of the receiver's answer to the challenge (extension 2 of PROTOCOL.rst)."""
+        buffer = conn.auth_buffer
+        buffer += data
+        end = buffer.find(TERMINATOR)
+        if end < 0:
+            if len(buffer) >= MAX_AUTH_FRAME:
+                self._auth_failed(conn, "its answer is too long")
+            return
+        if end + len(TERMINATOR) != len(buffer):
+            self._auth_failed(conn, "it sent bytes after its answer")
+            return
+        raw = bytes(buffer[:end])
+        nonce = conn.auth_nonce
+        assert nonce is not None and self._authkey is not None
+        name = (conn.name or "").encode("utf-8")
+        prefix = KIND_AUTH + b":1:"
+        fields = parse_hello(raw[len(prefix) :]) if raw.startswith(prefix) else None
+        response = hex_field(fields, "response", 32)
+        their_nonce = hex_field(fields, "challenge", NONCE_SIZE)
+        if response is None or their_nonce is None:
+            self._auth_failed(conn, "its answer is malformed")
+            return
+        expected = auth_digest(self._authkey, b"receiver", nonce, name)
+        if not digests_match(expected, response):
+            self._auth_failed(conn, "wrong authkey")
+            return
+        conn.auth_nonce = None
+        conn.auth_buffer = bytearray()
+        proof = auth_digest(self._authkey, b"transmitter", their_nonce, name)
+        self._send_to(conn, proof_frame(proof))
+        self._admit(conn)
+
+    def _auth_failed(self, conn: _Connection, reason: str) -> None:
+        self._warn_once(
+            ("auth", conn.name, conn.address[0]),
+            "%s: receiver %r from %s failed authentication (%s); refused",
+            conn.name,
+            describe(conn.address),
+            reason,
+        )
+        self._close(conn)
+
+    def _admit(self, conn: _Connection) -> None:
+        """Register an identified receiver, check a duplicate name first, or refuse it."""
+        name = conn.name or ""
         existing = self._registered.get(name)
         if existing is not None:
             if existing.challenger is not None:
@@ -770,9 +985,9 @@ class SocTransmitter:
             existing.challenge_offset = existing.queued_total
             return
         if len(self._registered) >= self._nreceivermax:
-            logger.warning(
+            self._warn_once(
+                ("full", name),
                 "%s: refused receiver %r from %s: %d receivers already (nreceivermax)",
-                self,
                 name,
                 describe(conn.address),
                 self._nreceivermax,
@@ -785,6 +1000,7 @@ class SocTransmitter:
         name = conn.name
         assert name is not None
         self._npending -= 1
+        conn.pending = False
         conn.registered = True
         conn.since = time.time()
         conn.last_write = time.monotonic()
@@ -806,6 +1022,10 @@ class SocTransmitter:
         heartbeat = self.heartbeat
         for conn in list(self._connections.values()):
             if conn.closed:
+                continue
+            if conn.dying_deadline:
+                if now >= conn.dying_deadline:
+                    self._close(conn)
                 continue
             if not conn.registered:
                 if conn.challenged is not None:
@@ -905,7 +1125,8 @@ class SocTransmitter:
             conn.challenged = None
         if was_registered:
             self._unregister_name(conn)
-        else:
+        if conn.pending:
+            conn.pending = False
             self._npending -= 1
 
     def _unregister_name(self, conn: _Connection) -> None:
@@ -917,23 +1138,32 @@ class SocTransmitter:
 
     def _kill_all(self) -> None:
         for conn in list(self._registered.values()):
-            self._say_die(conn)
-            self._drop(conn, "close_receivers()")
+            self._retire(conn, "close_receivers()")
 
-    @staticmethod
-    def _say_die(conn: _Connection) -> None:
-        """Best effort: send ``__die__`` after what is queued, without blocking."""
-        if conn.outbox:
-            return  # it is behind: the closed connection says enough
+    def _retire(self, conn: _Connection, reason: str) -> None:
+        """Unregister a receiver and tell it to drop (``__die__``), then half-close.
+
+        The connection stays open for reading until the receiver closes its end (or
+        DIE_GRACE passes): a 0.2.3 receiver fails to reconnect when its socket is reset under
+        it while it handles ``__die__``.
+        """
+        logger.info("%s: telling receiver %r to drop: %s", self, conn.name, reason)
+        self._unregister_name(conn)
+        conn.dying_deadline = time.monotonic() + DIE_GRACE
+        if conn.queued > self.max_queue_bytes // 2:  # far behind: do not wait for it
+            self._close(conn)
+            return
+        self._send_to(conn, _DIE_FRAME)
+
+    def _half_close(self, conn: _Connection) -> None:
+        conn.half_closed = True
         try:
-            conn.sock.send(_DIE_FRAME)
+            conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            self._close(conn)
 
     def _shutdown_connections(self) -> None:
         for conn in list(self._connections.values()):
-            if conn.registered:
-                self._say_die(conn)
             self._close(conn)
         for event in self._flush_waiters:
             event.set()

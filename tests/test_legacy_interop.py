@@ -173,12 +173,6 @@ def test_legacy_receiver_accepted_once_the_name_is_free(closer, peers):
     assert legacy.wait_count("msg", 1)[0]["repr"] == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: our transmitter sends __die__ then closes at once; the 0.2.3 receiver ACKs the "
-    "frame into the closed socket (RST), then its shutdown() raises ENOTCONN in its reader "
-    "thread and it never reconnects (most rounds)",
-)
 def test_legacy_receiver_reconnects_after_close_receivers(closer, peers):
     t = closer.transmitter(5)
     legacy = start_legacy_receiver(peers, t.port, "comeback")
@@ -196,11 +190,6 @@ def test_legacy_receiver_reconnects_after_close_receivers(closer, peers):
     assert legacy.wait_count("msg", 9)[8]["repr"] == repr("back")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: as for close_receivers, close() sends __die__ then closes at once, which kills "
-    "the 0.2.3 receiver's reader thread (most rounds)",
-)
 def test_legacy_receiver_reconnects_to_a_new_transmitter_after_close(closer, peers):
     t = closer.transmitter(5)
     port = t.port

@@ -562,11 +562,6 @@ def test_refused_receiver_logs_once_not_per_retry(closer, caplog):
     assert len(warnings) == 1, warnings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the transmitter logs a WARNING for every retry of a refused duplicate name "
-    "(STYLE.md: refusals once, not per retry)",
-)
 def test_transmitter_logs_a_refused_duplicate_once_not_per_retry(closer, caplog):
     warnings = refused_retries(closer, caplog, "hein.soctransmitter")
     assert len(warnings) == 1, warnings
@@ -764,11 +759,6 @@ def test_timeoutack_none_never_drops_for_silence(closer):
     mute.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a receiver reading a large frame steadily is dropped after timeoutACK, because "
-    "only ACKs (one per completed frame) count as progress, not the bytes it reads",
-)
 def test_steady_slow_reader_of_a_large_frame_is_not_dropped(closer):
     t = closer.transmitter(2, timeoutACK=0.75, max_queue_bytes=64 << 20)
     dropped = Collector()
