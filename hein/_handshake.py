@@ -8,14 +8,31 @@ announces itself with one ping right after the registration ACK, whose payload i
 (``key=value`` fields separated by spaces; unknown keys are ignored, so later versions can add
 fields). A hein 1 receiver that reads it knows that the transmitter pings idle receivers every
 ``heartbeat`` seconds, and so that a transmitter silent for much longer than that is gone. A
-receiver never sends anything but ACKs (see PROTOCOL.rst).
+receiver never sends anything but ACKs, except its answer to an authentication challenge
+(extension 2, below), which only a transmitter made with an ``authkey`` sends.
 """
 
+import hashlib
+import hmac
+import os
 from typing import Dict, Optional
 
 from ._framing import KIND_PING, encode_frame
 
-__all__ = ["HELLO_PREFIX", "hello_frame", "parse_hello", "silence_limit"]
+__all__ = [
+    "HELLO_PREFIX",
+    "KIND_AUTH",
+    "answer_frame",
+    "auth_digest",
+    "challenge_frame",
+    "digests_match",
+    "hello_frame",
+    "hex_field",
+    "new_nonce",
+    "parse_hello",
+    "proof_frame",
+    "silence_limit",
+]
 
 #: Start of the payload of the announcing ping.
 HELLO_PREFIX = b"hein/"
@@ -64,3 +81,68 @@ def silence_limit(fields: Dict[str, str]) -> Optional[float]:
     if not 0 < heartbeat < 86400:
         return None
     return 2 * heartbeat + 1.0
+
+
+# ------------------------------------------------------------------ extension 2: authentication
+#
+# A transmitter made with an ``authkey`` answers a receiver's name with a challenge instead of
+# the registration ACK (a 0.2.3 receiver, expecting the ACK, gives up: it is refused)::
+#
+#     b"__png__:1:hein/1 challenge=HEX" TERMINATOR              (transmitter -> receiver)
+#     b"__aut__:1:hein/1 response=HEX challenge=HEX" TERMINATOR (receiver -> transmitter)
+#     b"__png__:1:hein/1 response=HEX" TERMINATOR, then ACK     (transmitter -> receiver)
+#
+# Each response is HMAC-SHA256(authkey, ROLE + challenge + name), ROLE being b"receiver" for
+# the receiver's answer and b"transmitter" for the transmitter's, so that neither side can
+# replay the other's answer. The key never travels; digests are compared in constant time.
+
+#: Kind of the one frame a receiver ever sends (its answer to a challenge).
+KIND_AUTH = b"__aut__"
+#: Random bytes in a challenge.
+NONCE_SIZE = 32
+#: Largest authentication frame accepted, in bytes.
+MAX_AUTH_FRAME = 512
+
+
+def new_nonce() -> bytes:
+    """A fresh random challenge."""
+    return os.urandom(NONCE_SIZE)
+
+
+def auth_digest(authkey: bytes, role: bytes, nonce: bytes, name: bytes) -> bytes:
+    """HMAC-SHA256 of the role, the challenge and the receiver's name under ``authkey``."""
+    return hmac.new(authkey, role + nonce + name, hashlib.sha256).digest()
+
+
+def digests_match(expected: bytes, received: bytes) -> bool:
+    """Compare two digests in constant time."""
+    return hmac.compare_digest(expected, received)
+
+
+def challenge_frame(nonce: bytes) -> bytes:
+    """The transmitter's challenge (sent instead of the registration ACK)."""
+    return encode_frame(KIND_PING, None, True, b"hein/1 challenge=" + nonce.hex().encode())
+
+
+def answer_frame(response: bytes, nonce: bytes) -> bytes:
+    """The receiver's answer: its response and its own challenge."""
+    payload = b"hein/1 response=%s challenge=%s" % (response.hex().encode(), nonce.hex().encode())
+    return encode_frame(KIND_AUTH, None, True, payload)
+
+
+def proof_frame(response: bytes) -> bytes:
+    """The transmitter's response to the receiver's challenge."""
+    return encode_frame(KIND_PING, None, True, b"hein/1 response=" + response.hex().encode())
+
+
+def hex_field(fields: Optional[Dict[str, str]], key: str, size: int) -> Optional[bytes]:
+    """The bytes of a hexadecimal field of ``size`` bytes, or None if absent or malformed."""
+    if fields is None:
+        return None
+    value = fields.get(key, "")
+    if len(value) != 2 * size:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None

@@ -16,6 +16,7 @@ import collections
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from typing import Any, AsyncIterator, Deque, Dict, Iterator, List, Optional, Set, Tuple
@@ -26,10 +27,21 @@ from ._framing import (
     KIND_JSON,
     KIND_PING,
     KIND_RAW,
+    TERMINATOR,
     FrameDecoder,
     HeaderCache,
 )
-from ._handshake import parse_hello, silence_limit
+from ._handshake import (
+    MAX_AUTH_FRAME,
+    NONCE_SIZE,
+    answer_frame,
+    auth_digest,
+    digests_match,
+    hex_field,
+    new_nonce,
+    parse_hello,
+    silence_limit,
+)
 from ._netutil import default_host
 from ._serializer import json_loads
 from .core import Message
@@ -45,6 +57,8 @@ NAME_MAX_LENGTH = 15
 HANDSHAKE_WAIT = 1.0
 #: Bytes asked of each read (``buffer_size`` is raised to this).
 READ_SIZE = 256 * 1024
+#: Longest wait between two attempts after repeated authentication failures, in seconds.
+AUTH_RETRY_MAX = 5.0
 #: Most warnings logged per connection for bad frames (the rest are counted).
 MAX_WARNINGS_PER_CONNECTION = 5
 
@@ -52,6 +66,23 @@ MAX_WARNINGS_PER_CONNECTION = 5
 DEFAULT_QUEUE_SIZE = 10000
 
 _POLL = 0.25
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    """Read one handshake frame, byte by byte (nothing after it), without its terminator.
+
+    Raises:
+        OSError: the connection closed, timed out, or the frame is too long.
+    """
+    data = bytearray()
+    while not data.endswith(TERMINATOR):
+        byte = sock.recv(1)
+        if not byte:
+            raise OSError("the transmitter closed the connection in the handshake")
+        data += byte
+        if len(data) > MAX_AUTH_FRAME:
+            raise OSError("handshake frame too long")
+    return bytes(data[: -len(TERMINATOR)])
 
 
 def _cut_name(name: str) -> bytes:
@@ -81,6 +112,12 @@ class SocReceiver:
             (the default ``process`` does this; an overridden ``process`` gets them instead).
         queue_size: keyword-only; bound of that queue, in messages. When it is full the
             oldest message is dropped to make room (counted in ``stats()["dropped"]``).
+        authkey: keyword-only; bytes shared with the transmitter: both prove they know it
+            (HMAC-SHA256 challenges; the key never travels). A receiver with a key refuses a
+            transmitter without one, and the other way round.
+        ssl_context: keyword-only; an ``ssl.SSLContext`` for the client side: the connection
+            is TLS, and the transmitter's certificate is checked for ``hostname`` as the
+            context says (``ssl.create_default_context()`` verifies it).
 
     Methods for callers: :meth:`connect`, :meth:`stop_connectLoop`, :meth:`close`,
     :meth:`stats`; with ``pull=True``: :meth:`get`, :meth:`messages`, :meth:`amessages`.
@@ -106,6 +143,8 @@ class SocReceiver:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         pull: bool = False,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        authkey: Optional[bytes] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
@@ -157,6 +196,16 @@ class SocReceiver:
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
         self.pull = bool(pull)
+        if authkey is not None:
+            if not isinstance(authkey, (bytes, bytearray)):
+                raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
+            if not authkey:
+                raise ValueError("authkey must not be empty")
+            authkey = bytes(authkey)
+        self._authkey = authkey
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context must be an ssl.SSLContext")
+        self.ssl_context = ssl_context
         self.queue_size = queue_size
         self._queue: Deque[Tuple[Optional[str], Any]] = collections.deque()
         self._queue_cond = threading.Condition(threading.Lock())
@@ -372,12 +421,15 @@ class SocReceiver:
         return self._closing
 
     def _run(self) -> None:
-        refused_logged = False
+        refused_logged = ""
+        auth_failures = 0
         try:
             while not self._closing and self._loop_connect:
                 sock, why = self._handshake()
                 if sock is None:
-                    if not refused_logged:
+                    if self._closing:
+                        break
+                    if refused_logged != why:
                         logger.warning(
                             "%s %r: cannot connect to %s:%d (%s); retrying every %.3g s",
                             self,
@@ -387,12 +439,15 @@ class SocReceiver:
                             why,
                             self._connectWait,
                         )
-                        refused_logged = True
+                        refused_logged = why
                     else:
                         logger.debug("%s %r: still cannot connect (%s)", self, self.name, why)
-                    self._wait(self._connectWait)
+                    # a key mismatch will not mend by itself: retry less often
+                    auth_failures = auth_failures + 1 if why.startswith("authentication") else 0
+                    self._wait(min(AUTH_RETRY_MAX, self._connectWait * 2**auth_failures))
                     continue
-                refused_logged = False
+                refused_logged = ""
+                auth_failures = 0
                 try:
                     self._serve(sock)
                 finally:
@@ -415,7 +470,8 @@ class SocReceiver:
         self._nudge.wait(seconds)
         self._nudge.clear()
 
-    def _handshake(self) -> "tuple[Optional[socket.socket], str]":
+    def _handshake(self) -> Tuple[Optional[socket.socket], str]:
+        """Connect and register; return the socket, or None and why not."""
         try:
             sock = socket.create_connection((self.host, self.port), timeout=HANDSHAKE_WAIT)
         except OSError as error:
@@ -424,23 +480,64 @@ class SocReceiver:
         try:
             if self._closing:
                 raise OSError("closing")
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+                self._sock = sock
             sock.settimeout(HANDSHAKE_WAIT)
             if sock.recv(1) != ACK:
                 raise OSError("no ACK from the transmitter")
             sock.sendall(self._raw_name)
-            if sock.recv(1) != ACK:
+            answer = sock.recv(1)
+            if answer == ACK:
+                if self._authkey is not None:
+                    raise OSError(
+                        "authentication failed: the transmitter did not ask for the authkey"
+                    )
+            elif answer == KIND_PING[:1]:
+                self._authenticate(sock, answer + _read_frame(sock))
+                if sock.recv(1) != ACK:
+                    raise OSError("refused by the transmitter (name in use, or full)")
+            else:
                 raise OSError("refused by the transmitter (name in use, or full)")
         except OSError as error:
             self._sock = None
             sock.close()
-            return None, (error.strerror or str(error)) if not isinstance(
-                error, socket.timeout
-            ) else "handshake timed out"
+            if isinstance(error, socket.timeout):
+                return None, "handshake timed out"
+            return None, error.strerror or str(error)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover
             pass
         return sock, ""
+
+    def _authenticate(self, sock: socket.socket, challenge_frame: bytes) -> None:
+        """Answer the transmitter's challenge and check its answer to ours (PROTOCOL.rst)."""
+        prefix = KIND_PING + b":1:"
+        fields = (
+            parse_hello(challenge_frame[len(prefix) :])
+            if challenge_frame.startswith(prefix)
+            else None
+        )
+        challenge = hex_field(fields, "challenge", NONCE_SIZE)
+        if challenge is None:
+            raise OSError("unexpected bytes from the transmitter in the handshake")
+        if self._authkey is None:
+            raise OSError("authentication failed: the transmitter requires an authkey")
+        nonce = new_nonce()
+        response = auth_digest(self._authkey, b"receiver", challenge, self._raw_name)
+        sock.sendall(answer_frame(response, nonce))
+        try:
+            proof_frame = _read_frame(sock)
+        except OSError:
+            raise OSError(
+                "authentication failed: the transmitter refused our answer (wrong authkey?)"
+            ) from None
+        fields = parse_hello(proof_frame[len(prefix) :]) if proof_frame.startswith(prefix) else None
+        proof = hex_field(fields, "response", 32)
+        expected = auth_digest(self._authkey, b"transmitter", nonce, self._raw_name)
+        if proof is None or not digests_match(expected, proof):
+            raise OSError("authentication failed: the transmitter does not know the authkey")
 
     def _serve(self, sock: socket.socket) -> None:
         self._connected = True

@@ -869,8 +869,8 @@ class SocTransmitter:
                     data += conn.sock.recv(pending)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError as error:
-            self._drop(conn, "read failed: %s" % (error.strerror or error))
+        except OSError as error:  # reset by the peer: it went away, as with a plain close
+            self._drop(conn, "read failed: %s" % (error.strerror or error), logging.INFO)
             return
         if not data:
             self._drop(conn, "connection closed by the receiver", logging.INFO)
