@@ -15,13 +15,22 @@ receiver never sends anything but ACKs, except its answer to an authentication c
 import hashlib
 import hmac
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
-from ._framing import KIND_PING, encode_frame
+from ._framing import ACK, KIND_PING, TERMINATOR, clean_tag, encode_frame
+from ._serializer import json_dumps, json_loads
+from .errors import ProtocolError
 
 __all__ = [
     "HELLO_PREFIX",
     "KIND_AUTH",
+    "KIND_CONTROL",
+    "KIND_SEQUENCE",
+    "ReceiverBytes",
+    "control_frame",
+    "parse_control",
+    "parse_sequence",
+    "sequence_frame",
     "answer_frame",
     "auth_digest",
     "challenge_frame",
@@ -146,3 +155,123 @@ def hex_field(fields: Optional[Dict[str, str]], key: str, size: int) -> Optional
         return bytes.fromhex(value)
     except ValueError:
         return None
+
+
+# ------------------------------------------- extension 3: subscriptions and sequence markers
+#
+# Once a receiver has read the announcing ping, it knows the transmitter reads more than ACKs
+# and may send control frames among its ACKs (never to a 0.2.3 transmitter, which never
+# announces itself)::
+#
+#     b"__ctl__:1:" EXTENDED_JSON({"v": 1, "tags": [PREFIX, ...] or None, "seq": True}) TERMINATOR
+#
+# ``tags`` are tag prefixes (None: everything); the transmitter then sends only frames whose tag
+# starts with one of them (an untagged frame has the tag ""), then a marker::
+#
+#     b"__seq__:1:hein/1 epoch=HEX group=HEX seq=N" TERMINATOR
+#
+# saying that the next message it sends is number N of the messages this transmitter (epoch)
+# told that match this subscription (group). A receiver counts the messages it gets after a
+# marker; a later marker of the same epoch and group whose N is ahead of that count tells how
+# many it missed.
+
+#: Kind of a receiver's control frame (subscription).
+KIND_CONTROL = b"__ctl__"
+#: Kind of the transmitter's sequence marker.
+KIND_SEQUENCE = b"__seq__"
+#: Largest control frame a transmitter accepts, in bytes.
+MAX_CONTROL_FRAME = 64 * 1024
+#: Most prefixes in one subscription.
+MAX_PREFIXES = 1024
+
+
+def control_frame(prefixes: Optional[Tuple[str, ...]]) -> bytes:
+    """A receiver's control frame carrying its subscription (None: every tag)."""
+    message = {"v": VERSION, "tags": None if prefixes is None else list(prefixes), "seq": True}
+    return encode_frame(KIND_CONTROL, None, True, json_dumps(message))
+
+
+def parse_control(payload: bytes) -> Optional[Tuple[bytes, ...]]:
+    """The subscription of a control frame's payload, as byte prefixes (None: every tag).
+
+    Raises:
+        ProtocolError: the payload is not a valid control message.
+    """
+    message = json_loads(payload)
+    if not isinstance(message, dict):
+        raise ProtocolError("control message is not a dict")
+    tags = message.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, list) or len(tags) > MAX_PREFIXES:
+        raise ProtocolError("bad subscription")
+    prefixes = []
+    for tag in tags:
+        if not isinstance(tag, str) or clean_tag(tag) != tag:
+            raise ProtocolError("bad tag prefix %r" % (tag,))
+        prefixes.append(tag.encode("ascii"))
+    return tuple(sorted(set(prefixes)))
+
+
+def sequence_frame(epoch: str, group: str, number: int) -> bytes:
+    """The transmitter's marker: the next message is number ``number`` of (epoch, group)."""
+    payload = "hein/%d epoch=%s group=%s seq=%d" % (VERSION, epoch, group, number)
+    return encode_frame(KIND_SEQUENCE, None, True, payload.encode("ascii"))
+
+
+def parse_sequence(payload: bytes) -> Optional[Tuple[str, str, int]]:
+    """(epoch, group, number) of a marker's payload, or None when malformed."""
+    fields = parse_hello(payload)
+    if fields is None:
+        return None
+    try:
+        number = int(fields["seq"])
+        return fields["epoch"], fields["group"], number
+    except (KeyError, ValueError):
+        return None
+
+
+class ReceiverBytes:
+    """Splits what a receiver sends after registration into ACKs and control frames (sans-I/O).
+
+    :meth:`feed` returns ``(acks, frames)``: the number of ACK bytes and the complete control
+    frames (without terminator). Raises :class:`ProtocolError` for any byte that is neither an
+    ACK nor part of a frame, or a frame over MAX_CONTROL_FRAME.
+    """
+
+    __slots__ = ("_frame",)
+
+    def __init__(self) -> None:
+        self._frame: Optional[bytearray] = None  # a control frame being read
+
+    def feed(self, data: bytes) -> Tuple[int, List[bytes]]:
+        acks = 0
+        frames: List[bytes] = []
+        position = 0
+        size = len(data)
+        while position < size:
+            if self._frame is None:
+                rest = data[position:]
+                stripped = rest.lstrip(ACK)
+                acks += len(rest) - len(stripped)
+                position += len(rest) - len(stripped)
+                if position >= size:
+                    break
+                if data[position : position + 1] != b"_":
+                    raise ProtocolError(
+                        "%r is neither an ACK nor a control frame" % data[position : position + 8]
+                    )
+                self._frame = bytearray()
+            frame = self._frame
+            start = max(0, len(frame) - 3)
+            frame += data[position:]
+            end = frame.find(TERMINATOR, start)
+            if end < 0:
+                if len(frame) > MAX_CONTROL_FRAME:
+                    raise ProtocolError("control frame too long")
+                return acks, frames
+            consumed = end + len(TERMINATOR) - (len(frame) - (size - position))
+            frames.append(bytes(frame[:end]))
+            self._frame = None
+            position += consumed
+        return acks, frames

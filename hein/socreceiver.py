@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, AsyncIterator, Deque, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, AsyncIterator, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ._framing import (
     ACK,
@@ -27,24 +27,29 @@ from ._framing import (
     KIND_JSON,
     KIND_PING,
     KIND_RAW,
+    KINDS,
+    TAG_MAX_LENGTH,
     TERMINATOR,
     FrameDecoder,
     HeaderCache,
 )
 from ._handshake import (
+    KIND_SEQUENCE,
     MAX_AUTH_FRAME,
     NONCE_SIZE,
     answer_frame,
     auth_digest,
+    control_frame,
     digests_match,
     hex_field,
     new_nonce,
     parse_hello,
+    parse_sequence,
     silence_limit,
 )
 from ._netutil import default_host
 from ._serializer import json_loads
-from .core import Message
+from .core import Message, clean_tag
 from .errors import FrameTooLarge, ProtocolError
 
 __all__ = ["SocReceiver"]
@@ -66,6 +71,24 @@ MAX_WARNINGS_PER_CONNECTION = 5
 DEFAULT_QUEUE_SIZE = 10000
 
 _POLL = 0.25
+
+
+def _check_tags(tags: Optional[Iterable[str]]) -> Optional[Tuple[str, ...]]:
+    """Validate tag prefixes; None (or a list holding "") means everything."""
+    if tags is None:
+        return None
+    if isinstance(tags, str):
+        raise TypeError("tags must be a list of tag prefixes, not a str (use [%r])" % tags)
+    prefixes = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError("a tag prefix must be a str, not %s" % type(tag).__name__)
+        if clean_tag(tag) != tag or len(tag) > TAG_MAX_LENGTH:
+            raise ValueError("tag prefix %r: at most 15 characters of [A-Za-z0-9._- ]" % (tag,))
+        prefixes.append(tag)
+    if "" in prefixes:
+        return None
+    return tuple(sorted(set(prefixes)))
 
 
 def _read_frame(sock: socket.socket) -> bytes:
@@ -115,6 +138,10 @@ class SocReceiver:
         authkey: keyword-only; bytes shared with the transmitter: both prove they know it
             (HMAC-SHA256 challenges; the key never travels). A receiver with a key refuses a
             transmitter without one, and the other way round.
+        tags: keyword-only; tag prefixes to receive (ZeroMQ-style: ``"temp"`` matches
+            ``"temp"`` and ``"temp.in"``; ``""`` matches everything, untagged messages
+            included); None (the default): everything. A hein 1 transmitter then sends only
+            those; with a 0.2.3 transmitter the receiver filters. See :meth:`subscribe`.
         ssl_context: keyword-only; an ``ssl.SSLContext`` for the client side: the connection
             is TLS, and the transmitter's certificate is checked for ``hostname`` as the
             context says (``ssl.create_default_context()`` verifies it).
@@ -145,6 +172,7 @@ class SocReceiver:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         authkey: Optional[bytes] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
+        tags: Optional[Iterable[str]] = None,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
@@ -192,6 +220,7 @@ class SocReceiver:
             "connections": 0,
             "bad_frames": 0,
             "dropped": 0,
+            "missed": 0,
         }
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
@@ -206,6 +235,10 @@ class SocReceiver:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError("ssl_context must be an ssl.SSLContext")
         self.ssl_context = ssl_context
+        self._prefixes = _check_tags(tags)
+        self._send_lock = threading.Lock()  # the thread's ACKs and subscribe() from others
+        self._control_sock: Optional[socket.socket] = None  # set when the peer reads controls
+        self._sequence: Optional[List[Any]] = None  # [epoch, group, next number]
         self.queue_size = queue_size
         self._queue: Deque[Tuple[Optional[str], Any]] = collections.deque()
         self._queue_cond = threading.Condition(threading.Lock())
@@ -297,6 +330,35 @@ class SocReceiver:
             self._enqueue([(tag, data)])
         else:
             print("%s%s" % ("" if tag is None else "%s: " % tag, data))
+
+    def _missed(self, count: int) -> None:
+        """Called (in the receiver thread) when a hein 1 transmitter's sequence numbers show
+        that ``count`` messages of this receiver's subscription were missed (while it was
+        disconnected or dropped). Logs a warning by default."""
+        logger.warning("%s %r: missed %d messages", self, self.name, count)
+
+    @property
+    def tags(self) -> Optional[Tuple[str, ...]]:
+        """The tag prefixes received (None: everything)."""
+        return self._prefixes
+
+    def subscribe(self, tags: Optional[Iterable[str]]) -> None:
+        """Change the tag prefixes received, also while connected (None: everything).
+
+        Messages already on their way may still arrive under the old subscription until the
+        transmitter has read the new one; the receiver filters them out itself.
+
+        Raises:
+            ValueError: a prefix has characters a tag cannot have, or is over 15 characters.
+        """
+        self._prefixes = _check_tags(tags)
+        with self._send_lock:
+            sock = self._control_sock
+            if sock is not None:
+                try:
+                    sock.sendall(control_frame(self._prefixes))
+                except OSError:
+                    pass  # the connection is going: the next one subscribes
 
     # ------------------------------------------------------------------------------ pull API
 
@@ -412,8 +474,11 @@ class SocReceiver:
 
     def stats(self) -> Dict[str, int]:
         """Counters (cheap, always on): ``frames``, ``bytes`` and ``messages`` received,
-        ``connections`` made, ``bad_frames`` skipped, ``dropped`` from a full pull queue."""
-        return dict(self._stats)
+        ``connections`` made, ``reconnects`` (connections after the first), ``bad_frames``
+        skipped, ``dropped`` from a full pull queue, ``missed`` (see :meth:`_missed`)."""
+        stats = dict(self._stats)
+        stats["reconnects"] = max(0, stats["connections"] - 1)
+        return stats
 
     # --------------------------------------------------------------------------- the thread
 
@@ -451,6 +516,8 @@ class SocReceiver:
                 try:
                     self._serve(sock)
                 finally:
+                    with self._send_lock:
+                        self._control_sock = None
                     self._connected = False
                     self._running = False
                     self._sock = None
@@ -546,7 +613,10 @@ class SocReceiver:
         logger.info("%s %r: connected to %s:%d", self, self.name, self.host, self.port)
         self._call_newconnection()
         decoder = FrameDecoder(self.max_frame_size)
-        parse_frame = HeaderCache().parse
+        known_kinds = KINDS | {KIND_SEQUENCE}
+        parse_frame = HeaderCache(known_kinds).parse
+        counting = False  # after a sequence marker: count the messages
+        send_lock = self._send_lock
         buffer = bytearray(max(self.buffer_size, READ_SIZE))
         view = memoryview(buffer)
         sock.settimeout(_POLL)
@@ -585,17 +655,28 @@ class SocReceiver:
             if not frames:
                 continue
             try:
-                sock.sendall(ACK)
+                with send_lock:
+                    sock.sendall(ACK)
             except OSError as error:
                 logger.info("%s %r: connection lost: %s", self, self.name, error)
                 return
             stats["frames"] += len(frames)
             batch: List[Tuple[Optional[str], Any]] = []
             told_to_die = False
+            missed = 0
+            prefixes = self._prefixes
             for raw in frames:
+                if raw[:7] not in known_kinds:
+                    logger.debug("%s %r: ignored a frame of kind %r", self, self.name, raw[:7])
+                    continue
                 try:
                     frame = parse_frame(raw)
                     kind = frame.kind
+                    if kind == KIND_JSON or kind == KIND_RAW:
+                        if counting:
+                            self._sequence[2] += 1  # type: ignore[index]
+                        if prefixes is not None and not (frame.tag or "").startswith(prefixes):
+                            continue
                     if kind == KIND_JSON:
                         data: Any = (
                             json_loads(frame.payload) if frame.unpack else Message(frame.payload)
@@ -608,6 +689,13 @@ class SocReceiver:
                             if hello is not None:
                                 silence = silence_limit(hello)
                                 last_heard = time.monotonic()
+                                self._start_controls(sock)
+                        continue
+                    elif kind == KIND_SEQUENCE:
+                        marker = parse_sequence(frame.payload)
+                        if marker is not None:
+                            missed += self._on_marker(*marker)
+                            counting = True
                         continue
                     else:  # KIND_DIE
                         told_to_die = True
@@ -619,6 +707,12 @@ class SocReceiver:
                         logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
                     continue
                 batch.append((frame.tag, data))
+            if missed:
+                stats["missed"] += missed
+                try:
+                    self._missed(missed)
+                except Exception:
+                    logger.exception("%s %r: exception in _missed()", self, self.name)
             if batch:
                 stats["messages"] += len(batch)
                 if (
@@ -639,6 +733,27 @@ class SocReceiver:
             if told_to_die:
                 logger.info("%s %r: told to drop by the transmitter", self, self.name)
                 return
+
+    def _start_controls(self, sock: socket.socket) -> None:
+        """The transmitter announced itself (hein 1): send our subscription."""
+        with self._send_lock:
+            try:
+                sock.sendall(control_frame(self._prefixes))
+            except OSError:
+                return
+            self._control_sock = sock
+
+    def _on_marker(self, epoch: str, group: str, number: int) -> int:
+        """A sequence marker: return how many messages were missed since the last one."""
+        state = self._sequence
+        missed = 0
+        if state is not None:
+            if state[0] == epoch and state[1] == group:
+                missed = number - state[2]
+            elif state[0] != epoch:  # another transmitter: what it told before we came
+                missed = number
+        self._sequence = [epoch, group, number]
+        return max(0, missed)
 
     def _call_newconnection(self) -> None:
         try:

@@ -19,6 +19,7 @@ traffic.
 import collections
 import errno
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -27,7 +28,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._framing import (
     ACK,
@@ -43,20 +44,25 @@ from ._framing import (
 )
 from ._handshake import (
     KIND_AUTH,
+    KIND_CONTROL,
     MAX_AUTH_FRAME,
     NONCE_SIZE,
+    ReceiverBytes,
     auth_digest,
     challenge_frame,
     digests_match,
     hello_frame,
     hex_field,
     new_nonce,
+    parse_control,
     parse_hello,
     proof_frame,
+    sequence_frame,
 )
 from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
 from ._serializer import json_dumps
 from ._wakeup import Waker
+from .errors import ProtocolError
 
 __all__ = ["SocTransmitter", "ReceiverInfo"]
 
@@ -72,6 +78,12 @@ DEFAULT_HEARTBEAT = 2.0
 DUPLICATE_CHECK_TIMEOUT = 0.5
 #: Default maximum of connections still in their handshake.
 DEFAULT_MAX_PENDING = 1024
+#: Most tags with a retained value.
+MAX_RETAINED = 10000
+#: Most distinct tags counted for gap detection (messages of later tags are not counted).
+MAX_TAGS_COUNTED = 10000
+#: Most subscription groups remembered for gap detection.
+MAX_GROUPS = 1024
 #: How long ``close()`` waits for the threads, in seconds.
 CLOSE_TIMEOUT = 2.0
 #: Seconds a receiver told to drop (``__die__``) has to close its end before we close ours.
@@ -117,6 +129,18 @@ class _PingRequest:
 
 
 @dataclass(eq=False)
+class _Group:
+    """Receivers with the same subscription, and how many messages matched it so far."""
+
+    prefixes: Optional[Tuple[bytes, ...]]
+    gid: str = field(default_factory=lambda: os.urandom(6).hex())
+    count: int = 0
+
+    def matches(self, tag: bytes) -> bool:
+        return self.prefixes is None or tag.startswith(self.prefixes)
+
+
+@dataclass(eq=False)
 class _Connection:
     """Per-connection state, owned by the loop thread."""
 
@@ -151,6 +175,8 @@ class _Connection:
     dying_deadline: float = 0.0  # told to drop: closed at this time at the latest
     half_closed: bool = False
     blocked: bool = False  # the last write found the socket buffers full
+    control: Optional[ReceiverBytes] = None  # parser, once it sent more than ACKs
+    group: Optional[_Group] = None  # its subscription (None: everything, no markers)
     frames_sent: int = 0
     closed: bool = False
 
@@ -257,6 +283,15 @@ class SocTransmitter:
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued_max = 0
         self._listeners: List[socket.socket] = []
+        self._retained: Dict[bytes, bytes] = {}
+        self._retained_bytes = 0
+        self._nretained = 0
+        self._told = 0
+        self._drops: Dict[str, int] = {}
+        self._registered_snapshot: List[_Connection] = []
+        self._groups: collections.OrderedDict[Any, _Group] = collections.OrderedDict()
+        self._epoch = ""
+        self._tag_counts: collections.Counter[bytes] = collections.Counter()
         if start:
             self.start()
 
@@ -308,6 +343,9 @@ class SocTransmitter:
             self._waker = Waker()
             self._inbox = collections.deque()
             self._callbacks = queue.SimpleQueue()
+            self._epoch = os.urandom(8).hex()
+            self._groups = collections.OrderedDict()
+            self._tag_counts = collections.Counter()
             self._running = True
             self._thread = threading.Thread(
                 target=self._loop, name="hein-tx-%d" % self.port, daemon=True
@@ -391,13 +429,19 @@ class SocTransmitter:
 
     # ------------------------------------------------------------------------------ sending
 
-    def tell(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+    def tell(
+        self, v: Any, tag: Optional[str] = None, unpack: bool = True, *, retain: bool = False
+    ) -> bool:
         """Broadcast a value; receivers get it with its type.
 
         Args:
             v: the value (see :func:`hein.json_dumps` for the types that keep their type).
             tag: a tag (at most 15 of ``[A-Za-z0-9._- ]``; other characters are removed).
             unpack: if False, receivers get a :class:`hein.Message` to decode when they like.
+            retain: keyword-only; also keep this message as the retained value of its tag:
+                every receiver that registers later gets it first (see
+                :meth:`clear_retained`). Retained values take at most ``max_queue_bytes``
+                in all (``ValueError`` past it) and at most 10,000 tags.
 
         Returns:
             True once the message is queued, False when the transmitter is not running.
@@ -405,11 +449,13 @@ class SocTransmitter:
         if not self._running:
             return False
         payload = json_dumps(v)
-        return self._queue(
-            frame_header(KIND_JSON, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR
-        )
+        tag = clean_tag(tag)
+        frame = frame_header(KIND_JSON, tag, unpack) + escape_payload(payload) + TERMINATOR
+        return self._queue(frame, tag if retain else None)
 
-    def tell_raw(self, txt: Union[str, bytes], tag: Optional[str] = None) -> bool:
+    def tell_raw(
+        self, txt: Union[str, bytes], tag: Optional[str] = None, *, retain: bool = False
+    ) -> bool:
         """Broadcast text or bytes as they are; receivers get bytes.
 
         Returns:
@@ -423,17 +469,22 @@ class SocTransmitter:
             return False
         if not data or not self._running:
             return False
-        return self._queue(
-            frame_header(KIND_RAW, clean_tag(tag), False) + escape_payload(data) + TERMINATOR
-        )
+        tag = clean_tag(tag)
+        frame = frame_header(KIND_RAW, tag, False) + escape_payload(data) + TERMINATOR
+        return self._queue(frame, tag if retain else None)
 
-    def _queue(self, frame: bytes) -> bool:
+    def _queue(self, frame: bytes, retain_tag: Optional[str] = None) -> bool:
         if len(frame) > self.max_queue_bytes:
             raise ValueError(
                 "message of %d bytes is larger than max_queue_bytes (%d)"
                 % (len(frame), self.max_queue_bytes)
             )
-        self._inbox.append(frame)
+        if retain_tag is not None:
+            if self._retained_bytes + len(frame) > self.max_queue_bytes:
+                raise ValueError("retained values would exceed max_queue_bytes")
+            self._inbox.append(("retain", retain_tag.encode("ascii"), frame))
+        else:
+            self._inbox.append(frame)
         waker = self._waker
         if waker is not None:
             waker.wake()
@@ -443,6 +494,35 @@ class SocTransmitter:
         self._inbox.append(command)
         if self._waker is not None:
             self._waker.wake()
+
+    def clear_retained(self, *tags: Optional[str]) -> None:
+        """Forget retained values: of the tags given (None or "" for untagged messages), or of
+        every tag when called without arguments."""
+        keys = [clean_tag(tag).encode("ascii") for tag in tags] if tags else [None]
+        for key in keys:
+            if self._running:
+                self._command(("unretain", key))
+            else:
+                self._unretain(key)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters, cheap enough to leave on.
+
+        Returns:
+            ``{"told": messages told, "retained": tags with a retained value, "receivers":
+            {name: {"connected_since", "frames_sent", "bytes_sent", "queued_bytes", "drops"}}}``
+            (``drops``: how many times a receiver of that name was dropped).
+        """
+        receivers = {}
+        for conn in list(self._registered_snapshot):
+            receivers[conn.name or ""] = {
+                "connected_since": conn.since,
+                "frames_sent": conn.frames_sent,
+                "bytes_sent": conn.sent_total,
+                "queued_bytes": conn.queued,
+                "drops": self._drops.get(conn.name or "", 0),
+            }
+        return {"told": self._told, "retained": self._nretained, "receivers": receivers}
 
     def ping(self) -> Dict[str, bool]:
         """Ping every registered receiver and wait for their answers.
@@ -628,6 +708,10 @@ class SocTransmitter:
             if type(item) is bytes:
                 frames.append(item)
                 continue
+            if item[0] == "retain":
+                self._retain(item[1], item[2])
+                frames.append(item[2])
+                continue
             if frames:
                 self._broadcast(frames)
                 frames = []
@@ -640,6 +724,8 @@ class SocTransmitter:
             elif command == "die":
                 self._kill_all()
                 item[1].set()
+            elif command == "unretain":
+                self._unretain(item[1])
             elif command == "flush":
                 if all(not c.outbox for c in self._registered.values()):
                     item[1].set()
@@ -650,16 +736,35 @@ class SocTransmitter:
         return stop
 
     def _broadcast(self, frames: List[bytes]) -> None:
-        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
         count = len(frames)
-        size = len(chunk)
+        self._told += count
+        groups = self._groups
+        tags = [frame[7 : frame.find(b":", 7)] for frame in frames]
+        if len(self._tag_counts) < MAX_TAGS_COUNTED:
+            self._tag_counts.update(tags)
+        for group in groups.values():
+            if group.prefixes is None:
+                group.count += count
+            else:
+                group.count += sum(1 for tag in tags if tag.startswith(group.prefixes))
+        everything = frames[0] if count == 1 else b"".join(frames)
+        chunks: Dict[Any, Tuple[bytes, int]] = {None: (everything, count)}
         limit = self.max_queue_bytes
         queued_max = 0
         for conn in list(self._registered.values()):
+            prefixes = conn.group.prefixes if conn.group is not None else None
+            chunk_count = chunks.get(prefixes)
+            if chunk_count is None:
+                assert prefixes is not None
+                selected = [f for f, tag in zip(frames, tags) if tag.startswith(prefixes)]
+                chunk_count = chunks[prefixes] = (b"".join(selected), len(selected))
+            chunk, sent = chunk_count
+            if not sent:
+                continue
             conn.outbox.append(chunk)
-            conn.queued += size
-            conn.queued_total += size
-            conn.frames_sent += count
+            conn.queued += len(chunk)
+            conn.queued_total += len(chunk)
+            conn.frames_sent += sent
             if not conn.writing:
                 self._write(conn)
             if conn.queued > limit:
@@ -668,6 +773,63 @@ class SocTransmitter:
             if conn.queued > queued_max:
                 queued_max = conn.queued
         self._queued_max = queued_max
+
+    def _retain(self, tag: bytes, frame: bytes) -> None:
+        old = self._retained.pop(tag, None)
+        if old is not None:
+            self._retained_bytes -= len(old)
+        elif len(self._retained) >= MAX_RETAINED:
+            logger.warning("%s: %d retained tags already; %r not retained", self, MAX_RETAINED, tag)
+            self._nretained = len(self._retained)
+            return
+        self._retained[tag] = frame
+        self._retained_bytes += len(frame)
+        self._nretained = len(self._retained)
+
+    def _unretain(self, tag: Optional[bytes]) -> None:
+        if tag is None:
+            self._retained.clear()
+            self._retained_bytes = 0
+        else:
+            old = self._retained.pop(tag, None)
+            if old is not None:
+                self._retained_bytes -= len(old)
+        self._nretained = len(self._retained)
+
+    def _group_for(self, prefixes: Optional[Tuple[bytes, ...]]) -> _Group:
+        """The group of a subscription, made if new (the least recently used unused go)."""
+        groups = self._groups
+        group = groups.get(prefixes)
+        if group is None:
+            # counted from this transmitter's start (as far as the tags were counted)
+            group = groups[prefixes] = _Group(prefixes)
+            group.count = sum(n for tag, n in self._tag_counts.items() if group.matches(tag))
+            if len(groups) > MAX_GROUPS:
+                used = {id(c.group) for c in self._registered.values()}
+                for key, old in list(groups.items()):
+                    if len(groups) <= MAX_GROUPS:
+                        break
+                    if id(old) not in used:
+                        del groups[key]
+        else:
+            groups.move_to_end(prefixes)
+        return group
+
+    def _on_control(self, conn: _Connection, raw: bytes) -> None:
+        """A receiver's control frame (extension 3 of PROTOCOL.rst): its subscription."""
+        try:
+            if not raw.startswith(KIND_CONTROL + b":1:"):
+                raise ProtocolError("unknown control frame %r" % raw[:20])
+            prefixes = parse_control(raw[len(KIND_CONTROL) + 3 :])
+        except ProtocolError as error:
+            self._drop(conn, "bad control frame: %s" % error)
+            return
+        if prefixes is not None and b"" in prefixes:
+            prefixes = None  # the empty prefix matches everything
+        group = self._group_for(prefixes)
+        conn.group = group
+        logger.debug("%s: receiver %r subscribes to %r", self, conn.name, prefixes)
+        self._send_to(conn, sequence_frame(self._epoch, group.gid, group.count))
 
     def _send_to(self, conn: _Connection, data: bytes) -> None:
         conn.outbox.append(data)
@@ -878,10 +1040,20 @@ class SocTransmitter:
         if conn.dying_deadline:
             return  # ACKs from a receiver told to drop
         if conn.registered:
-            if data.strip(ACK):
-                self._drop(conn, "it sent %r, which is not an ACK" % data[:20])
+            if conn.control is None and not data.strip(ACK):
+                self._on_ack(conn)
                 return
-            self._on_ack(conn)
+            if conn.control is None:
+                conn.control = ReceiverBytes()
+            try:
+                acks, controls = conn.control.feed(data)
+            except ProtocolError as error:
+                self._drop(conn, "it sent bytes that are not ACKs: %s" % error)
+                return
+            for raw in controls:
+                self._on_control(conn, raw)
+            if acks and not conn.closed:
+                self._on_ack(conn)
         elif conn.name is None:
             self._on_name(conn, data)
         elif conn.auth_nonce is not None:
@@ -1005,12 +1177,14 @@ class SocTransmitter:
         conn.since = time.time()
         conn.last_write = time.monotonic()
         self._registered[name] = conn
-        self._send_to(conn, ACK + hello_frame(self.heartbeat))
+        retained = b"".join(self._retained.values())
+        self._send_to(conn, ACK + hello_frame(self.heartbeat) + retained)
         self._update_receivers()
         logger.info("%s: receiver %r registered from %s", self, name, describe(conn.address))
         self._callbacks.put(("_newconnection", name))
 
     def _update_receivers(self) -> None:
+        self._registered_snapshot = list(self._registered.values())
         self.receivers = {
             name: ReceiverInfo(name, c.address, c.since) for name, c in self._registered.items()
         }
@@ -1087,6 +1261,10 @@ class SocTransmitter:
             return
         if conn.registered:
             logger.log(level, "%s: dropped receiver %r: %s", self, conn.name, reason)
+            if level >= logging.WARNING:
+                if len(self._drops) > 4096:
+                    self._drops.clear()
+                self._drops[conn.name or ""] = self._drops.get(conn.name or "", 0) + 1
         else:
             logger.info("%s: closed connection from %s: %s", self, describe(conn.address), reason)
         self._close(conn)
