@@ -111,7 +111,9 @@ def _count_type(minimum: int) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError("invalid count %r: not an integer" % text) from None
         if value < minimum:
-            raise argparse.ArgumentTypeError("invalid count %d: must be at least %d" % (value, minimum))
+            raise argparse.ArgumentTypeError(
+                "invalid count %d: must be at least %d" % (value, minimum)
+            )
         return value
 
     count.__name__ = "count"
@@ -119,7 +121,10 @@ def _count_type(minimum: int) -> Callable[[str], int]:
 
 
 def _name_type(text: str) -> str:
-    size = len(text.encode("utf-8", "surrogateescape"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = 0
     if not 0 < size <= _NAME_MAX_BYTES:
         raise argparse.ArgumentTypeError(
             "invalid name %r: must be 1 to %d bytes of UTF-8" % (text, _NAME_MAX_BYTES)
@@ -392,7 +397,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
     receiver = None
     try:
         waker.install()
-        receiver = SocReceiver(port, args.name, connect=False, connectWait=args.retry, hostname=host)
+        try:
+            receiver = SocReceiver(
+                port, args.name, connect=False, connectWait=args.retry, hostname=host
+            )
+        except (TypeError, ValueError) as error:
+            raise CLIError(str(error)) from None
         receiver.process = on_message  # type: ignore[method-assign]
         receiver._newconnection = on_connection  # type: ignore[method-assign]
         receiver.connect()
@@ -434,19 +444,25 @@ def _start_transmitter(
     on_new: Callable[[str], None],
     on_dropped: Callable[[str], None],
 ) -> SocTransmitter:
-    transmitter = SocTransmitter(
-        port,
-        nreceivermax,
-        start=False,
-        host=list(hosts) if hosts else None,
-        allow_remote=allow_remote,
-    )
-    transmitter._newconnection = on_new  # type: ignore[method-assign]
-    transmitter._dropped = on_dropped  # type: ignore[method-assign]
+    try:
+        transmitter = SocTransmitter(
+            port,
+            nreceivermax,
+            start=False,
+            host=list(hosts) if hosts else None,
+            allow_remote=allow_remote,
+        )
+    except (TypeError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    transmitter._newconnection = on_new  # type: ignore[method-assign,assignment]
+    transmitter._dropped = on_dropped  # type: ignore[method-assign,assignment]
     try:
         transmitter.start()
     except OSError as error:
-        raise CLIError(error.strerror or str(error)) from None
+        message = error.strerror or str(error)
+        if "port" not in message:
+            message = "cannot listen on port %d: %s" % (port, message)
+        raise CLIError(message) from None
     return transmitter
 
 
@@ -579,12 +595,12 @@ class _Demo:
     def __init__(self, timeout: float, verbose: int) -> None:
         self.timeout = timeout
         self.verbose = verbose
-        self.events: "queue.Queue[Tuple[str, str, Optional[str]]]" = queue.Queue()
+        self.events: queue.Queue[Tuple[str, str, Optional[str]]] = queue.Queue()
         self.pending: Dict[str, List[str]] = {name: [] for name, _ in _DEMO_RECEIVERS}
         self.hello: List[str] = []
         self.left: List[str] = []
         self.ended: List[str] = []
-        self.procs: Dict[str, "subprocess.Popen[bytes]"] = {}
+        self.procs: Dict[str, subprocess.Popen[bytes]] = {}
         self.threads: List[threading.Thread] = []
 
     def say(self, who: str, text: str) -> None:
@@ -652,23 +668,28 @@ class _Demo:
                 if name in self.ended:
                     self.show()
                     code = self.procs[name].wait()
-                    raise CLIError("receiver %s ended (exit status %d) before %s" % (name, code, what))
+                    raise CLIError(
+                        "receiver %s exited (status %d) while waiting for %s" % (name, code, what)
+                    )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.show()
-                raise CLIError("%s did not happen within %g s" % (what, self.timeout))
+                raise CLIError("timed out after %g s waiting for %s" % (self.timeout, what))
             try:
                 event = self.events.get(timeout=remaining)
             except queue.Empty:
                 continue
             self.handle(event)
 
+    def wait_hello(self, name: str) -> None:
+        self.wait(lambda: name in self.hello, "receiver %s to connect" % name, [name])
+
     def step(self, code: str, targets: Sequence[str]) -> None:
         """Print the transmitter's ``code`` (already run), then each target's line."""
         self.say("transmitter", ">>> " + code)
         self.wait(
             lambda: all(self.pending[name] for name in targets),
-            "every receiver printing the message",
+            "every receiver to print the message",
             targets,
         )
         self.show()
@@ -706,11 +727,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "hein demo: a transmitter (this process) on 127.0.0.1:%d and two receivers, %s,"
             " each in its own process (hein listen)" % (port, " and ".join(names))
         )
-        demo.say("transmitter", ">>> t = hein.SocTransmitter(port=%d, nreceivermax=%d)" % (port, len(names)))
+        demo.say(
+            "transmitter",
+            ">>> t = hein.SocTransmitter(port=%d, nreceivermax=%d)" % (port, len(names)),
+        )
         for name, count in _DEMO_RECEIVERS:
             demo.spawn(name, port, count)
         for name in names:
-            demo.wait(lambda: name in demo.hello, "receiver %s connecting" % name, [name])
+            demo.wait_hello(name)
 
         when = _dt.datetime(2017, 6, 1, 12, tzinfo=pytz.utc)
         value: Any = {"pi": 3.14, "when": when, "raw": b"\x00\x01"}
@@ -728,7 +752,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         leaving, staying = names[1], names[0]
         demo.wait(
             lambda: leaving in demo.left and leaving in demo.ended,
-            "receiver %s leaving" % leaving,
+            "receiver %s to leave" % leaving,
         )
         code = demo.procs[leaving].wait()
         if code != 0:
@@ -740,7 +764,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         value = ["only", staying, "hears", "this"]
         transmitter.tell(value)
         demo.step("t.tell(%r)" % (value,), [staying])
-        demo.wait(lambda: staying in demo.ended, "receiver %s exiting" % staying)
+        demo.wait(lambda: staying in demo.ended, "receiver %s to exit" % staying)
         code = demo.procs[staying].wait()
         if code != 0:
             raise CLIError("receiver %s exited with status %d" % (staying, code))
@@ -794,7 +818,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "no benchmark suite found (looked for %s); it comes with the source checkout,"
             " or set %s" % (", ".join(str(path) for path in looked), BENCH_ENV)
         )
-    proc = subprocess.Popen([sys.executable, str(script)] + list(args.args), env=_child_env())
+    proc = subprocess.Popen([sys.executable, str(script), *args.args])
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -806,9 +830,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with status 2; with ``intermixed`` set, options and positionals may
+    come in any order (``hein tell 5000 --tag news hello``)."""
+
+    intermixed = False
+    _parsing = False
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self.intermixed or self._parsing:  # the intermixed parse calls back here (< 3.12)
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -816,7 +855,7 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hein``."""
-    verbose = argparse.ArgumentParser(add_help=False)
+    verbose = _Parser(add_help=False)
     verbose.add_argument(
         "-v",
         "--verbose",
@@ -834,7 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="hein %s" % __version__)
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log what hein does to standard error (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what hein does to standard error (-vv: debug)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -848,18 +891,23 @@ def build_parser() -> argparse.ArgumentParser:
         "process callback prints it (newlines inside a message shown as \\n). The receiver "
         "reconnects whenever the transmitter goes away and comes back. Ctrl-C (or SIGTERM) "
         "stops it with exit status 0.",
-        epilog="With --json each line is a JSON object {\"tag\": TAG or null, \"data\": ...}:\n"
+        epilog='With --json each line is a JSON object {"tag": TAG or null, "data": ...}:\n'
         "  datetime, date, time -> ISO 8601 strings (isoformat(), with the UTC offset\n"
-        "                          when aware), e.g. \"2017-06-01T12:00:00+00:00\"\n"
-        "  bytes                -> {\"$bytes\": \"BASE64\"}, e.g. {\"$bytes\": \"AAE=\"}\n"
-        "  tuple -> list; NaN and infinities -> {\"$float\": \"nan\"|\"inf\"|\"-inf\"}\n"
+        '                          when aware), e.g. "2017-06-01T12:00:00+00:00"\n'
+        '  bytes                -> {"$bytes": "BASE64"}, e.g. {"$bytes": "AAE="}\n'
+        '  tuple -> list; NaN and infinities -> {"$float": "nan"|"inf"|"-inf"}\n'
         "  raw messages (tell_raw) arrive as bytes.\n\n"
         "example:\n"
         "  hein listen 50007 --name Captain --json | jq .data",
     )
-    listen.add_argument("port", metavar="PORT", type=_port_type(False), help="the transmitter's port")
     listen.add_argument(
-        "--name", required=True, type=_name_type, help="this receiver's name (1 to 15 bytes of UTF-8)"
+        "port", metavar="PORT", type=_port_type(False), help="the transmitter's port"
+    )
+    listen.add_argument(
+        "--name",
+        required=True,
+        type=_name_type,
+        help="this receiver's name (1 to 15 bytes of UTF-8)",
     )
     listen.add_argument(
         "--host", default="127.0.0.1", help="the transmitter's host (default: 127.0.0.1)"
@@ -898,17 +946,21 @@ def build_parser() -> argparse.ArgumentParser:
         "'{\"a\": [1, 2]}' a dict, '\"42\"' a string), else as a string; --raw sends the bytes "
         "as they are (tell_raw).",
         epilog="Typed values in JSON messages (one-key objects):\n"
-        "  {\"$bytes\": \"BASE64\"}, {\"$datetime\": \"2017-06-01T12:00:00+00:00\"},\n"
-        "  {\"$date\": \"2017-06-01\"}, {\"$time\": \"12:00:00\"}, {\"$float\": \"nan\"}\n"
+        '  {"$bytes": "BASE64"}, {"$datetime": "2017-06-01T12:00:00+00:00"},\n'
+        '  {"$date": "2017-06-01"}, {"$time": "12:00:00"}, {"$float": "nan"}\n'
         "  (ISO 8601 as datetime.fromisoformat reads it; a trailing Z means UTC).\n"
         "A bad typed value is an error for a MESSAGE argument, and skips the line (warning,\n"
         "exit status 1 at the end) on standard input.\n\n"
         "examples:\n"
-        "  hein tell 50007 hello 42 '{\"when\": {\"$datetime\": \"2017-06-01T12:00Z\"}}'\n"
+        '  hein tell 50007 hello 42 \'{"when": {"$datetime": "2017-06-01T12:00Z"}}\'\n'
         "  tail -f app.log | hein tell 50007 --raw --tag log --wait-receivers 0",
     )
+    tell.intermixed = True
     tell.add_argument(
-        "port", metavar="PORT", type=_port_type(True), help="the port to listen on (0: any free one, printed)"
+        "port",
+        metavar="PORT",
+        type=_port_type(True),
+        help="the port to listen on (0: any free one, printed)",
     )
     tell.add_argument("messages", metavar="MESSAGE", nargs="*", help="the messages to send")
     tell.add_argument("--tag", type=_tag_type, help="tag every message with TAG")
@@ -1004,7 +1056,7 @@ def _split_bench(argv: List[str]) -> Optional[Tuple[List[str], List[str]]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``hein`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run ``hein`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
