@@ -64,6 +64,9 @@ HANDSHAKE_WAIT = 1.0
 READ_SIZE = 256 * 1024
 #: Longest wait between two attempts after repeated authentication failures, in seconds.
 AUTH_RETRY_MAX = 5.0
+#: While a long batch of callbacks runs, ACK a hein 1 transmitter this often (seconds), so
+#: that a receiver busy with what it read is not taken for a stalled one.
+PROGRESS_ACK_INTERVAL = 0.25
 #: Most warnings logged per connection for bad frames (the rest are counted).
 MAX_WARNINGS_PER_CONNECTION = 5
 
@@ -654,12 +657,13 @@ class SocReceiver:
                 return
             if not frames:
                 continue
+            lost: Optional[OSError] = None
             try:
                 with send_lock:
                     sock.sendall(ACK)
-            except OSError as error:
-                logger.info("%s %r: connection lost: %s", self, self.name, error)
-                return
+            except OSError as error:  # deliver what was read all the same, then leave
+                lost = error
+            last_ack = time.monotonic()
             stats["frames"] += len(frames)
             batch: List[Tuple[Optional[str], Any]] = []
             told_to_die = False
@@ -723,15 +727,31 @@ class SocReceiver:
                     self._enqueue(batch)
                 else:
                     process = self.process
-                    for tag, data in batch:
+                    control_sock = self._control_sock
+                    for index, (tag, data) in enumerate(batch):
                         try:
                             process(data, tag)
                         except Exception:
                             logger.exception("%s %r: exception in process()", self, self.name)
                         if self._closing:
                             return
+                        if (
+                            index & 255 == 255
+                            and control_sock is not None
+                            and time.monotonic() - last_ack > PROGRESS_ACK_INTERVAL
+                        ):
+                            # a long batch: tell a hein 1 transmitter we are alive and busy
+                            last_ack = time.monotonic()
+                            try:
+                                with send_lock:
+                                    control_sock.sendall(ACK)
+                            except OSError:
+                                pass
             if told_to_die:
                 logger.info("%s %r: told to drop by the transmitter", self, self.name)
+                return
+            if lost is not None:
+                logger.info("%s %r: connection lost: %s", self, self.name, lost)
                 return
 
     def _start_controls(self, sock: socket.socket) -> None:

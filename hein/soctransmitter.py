@@ -281,7 +281,6 @@ class SocTransmitter:
         self._thread: Optional[threading.Thread] = None
         self._callback_thread: Optional[threading.Thread] = None
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._queued_max = 0
         self._listeners: List[socket.socket] = []
         self._retained: Dict[bytes, bytes] = {}
         self._retained_bytes = 0
@@ -561,10 +560,10 @@ class SocTransmitter:
         return False
 
     def queued_bytes(self) -> int:
-        """The largest number of bytes waiting for one receiver (updated by the loop)."""
-        return self._queued_max + sum(
-            len(item) for item in list(self._inbox) if type(item) is bytes
-        )
+        """The largest number of bytes waiting for one receiver: told but not yet handed to
+        the kernel (use it to pace a producer; :meth:`flush` waits for zero)."""
+        backlog = max((conn.queued for conn in list(self._registered_snapshot)), default=0)
+        return backlog + sum(len(item) for item in list(self._inbox) if type(item) is bytes)
 
     # ------------------------------------------------------------------- deprecated senders
 
@@ -677,7 +676,6 @@ class SocTransmitter:
             selector.close()
             waker.close()
             self.receivers = {}
-            self._queued_max = 0
             for request in self._pings:
                 request.done.set()
 
@@ -750,7 +748,6 @@ class SocTransmitter:
         everything = frames[0] if count == 1 else b"".join(frames)
         chunks: Dict[Any, Tuple[bytes, int]] = {None: (everything, count)}
         limit = self.max_queue_bytes
-        queued_max = 0
         for conn in list(self._registered.values()):
             prefixes = conn.group.prefixes if conn.group is not None else None
             chunk_count = chunks.get(prefixes)
@@ -770,9 +767,6 @@ class SocTransmitter:
             if conn.queued > limit:
                 self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
                 continue
-            if conn.queued > queued_max:
-                queued_max = conn.queued
-        self._queued_max = queued_max
 
     def _retain(self, tag: bytes, frame: bytes) -> None:
         old = self._retained.pop(tag, None)
@@ -1085,6 +1079,14 @@ class SocTransmitter:
             self._close(challenger)
 
     def _on_name(self, conn: _Connection, data: bytes) -> None:
+        if data.startswith(b"\x16\x03"):  # a TLS ClientHello: a TLS receiver, and we are not
+            self._warn_once(
+                ("tls-hello", conn.address[0]),
+                "%s: refused %s: it speaks TLS and this transmitter has no ssl_context",
+                describe(conn.address),
+            )
+            self._close(conn)
+            return
         try:
             name = data.decode("utf-8")
         except UnicodeDecodeError:
