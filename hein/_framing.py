@@ -40,6 +40,10 @@ KIND_RAW = b"__raw__"
 KIND_JSON = b"__jsn__"
 KIND_PING = b"__png__"
 KIND_DIE = b"__die__"
+#: A length-prefixed frame (hein 1, for receivers that ask for them): see :func:`sized_header`.
+KIND_SIZED = b"__siz__"
+#: Payloads larger than this go in sized frames to receivers that accept them.
+SIZED_THRESHOLD = 64 * 1024
 #: The frame kinds of the legacy protocol.
 KINDS = frozenset((KIND_RAW, KIND_JSON, KIND_PING, KIND_DIE))
 KIND_LENGTH = 7
@@ -48,6 +52,8 @@ _END = b"\xac\x96"
 _ESCAPED_END = b"\xac\x96\xee"
 #: Ends every frame.
 TERMINATOR = _END + _END
+
+_SIZED_AFTER_TERMINATOR = TERMINATOR + KIND_SIZED
 
 #: Longest tag, in characters (longer tags are cut).
 TAG_MAX_LENGTH = 15
@@ -128,8 +134,9 @@ def encode_frame(kind: bytes, tag: Union[str, bytes, None], unpack: bool, payloa
     return frame_header(kind, clean_tag(tag), unpack) + escape_payload(payload) + TERMINATOR
 
 
-def parse_frame(data: bytes, known_kinds: FrozenSet[bytes] = KINDS) -> Frame:
-    """Parse one frame without its terminator.
+def parse_frame(data: bytes, known_kinds: FrozenSet[bytes] = KINDS, escaped: bool = True) -> Frame:
+    """Parse one frame without its terminator (``escaped=False``: the inner frame of a sized
+    frame, whose payload travels as it is).
 
     Raises:
         ProtocolError: the frame is malformed or of an unknown kind.
@@ -153,9 +160,20 @@ def parse_frame(data: bytes, known_kinds: FrozenSet[bytes] = KINDS) -> Frame:
     except UnicodeDecodeError:
         raise ProtocolError("non-ASCII tag %r" % tag) from None
     payload = data[colon + 3 :]
-    if _END in payload:
+    if escaped and _END in payload:
         payload = payload.replace(_ESCAPED_END, _END)
     return Frame(kind, text, unpack, payload)
+
+
+def sized_header(kind: bytes, tag: str, unpack: bool, payload_size: int) -> bytes:
+    """What goes before the (unescaped) payload in a sized frame (PROTOCOL.rst, extension 4).
+
+    A sized frame is ``b"__siz__:" LENGTH b":"`` then LENGTH bytes: an ordinary frame header
+    and the payload as it is; no escaping, no terminator. Only receivers that asked for them
+    get sized frames.
+    """
+    inner = frame_header(kind, tag, unpack)
+    return b"%s:%d:%s" % (KIND_SIZED, len(inner) + payload_size, inner)
 
 
 class HeaderCache:
@@ -197,14 +215,18 @@ class FrameDecoder:
         decoder = FrameDecoder()
         for chunk in chunks:
             for raw in decoder.feed(chunk):
-                frame = parse_frame(raw)   # may raise ProtocolError for that frame only
+                frame = raw if type(raw) is Frame else parse_frame(raw)  # may raise
 
-    :meth:`feed` returns the complete frames (still unparsed, without terminator) in order and
-    keeps the incomplete tail. It raises :class:`FrameTooLarge` (and keeps nothing) once the tail
+    :meth:`feed` returns the complete frames in order: terminated frames as bytes (unparsed,
+    without terminator), sized frames (``__siz__``) already parsed, as :class:`Frame`. It keeps
+    the incomplete tail, and raises :class:`FrameTooLarge` (keeping nothing) once a frame
     outgrows ``max_frame_size``; the stream cannot be resynchronised after that.
+
+    While a sized frame is being read, :meth:`sized_target` gives the memory its remaining bytes
+    go to, so that a reader can ``recv_into`` it directly, then call :meth:`sized_filled`.
     """
 
-    __slots__ = ("_buffer", "_scanned", "max_frame_size")
+    __slots__ = ("_buffer", "_scanned", "_sized", "_sized_fill", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < _MAX_HEADER:
@@ -213,43 +235,158 @@ class FrameDecoder:
         self._buffer = bytearray()
         # bytes of _buffer already searched for a terminator (none was found in them)
         self._scanned = 0
+        self._sized: Optional[bytearray] = None  # the sized frame being read
+        self._sized_fill = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held for a frame that is not complete yet."""
-        return len(self._buffer)
+        return len(self._buffer) + self._sized_fill
 
-    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[bytes]:
+    def sized_target(self) -> Optional[memoryview]:
+        """The unfilled part of the sized frame being read, or None."""
+        if self._sized is None:
+            return None
+        return memoryview(self._sized)[self._sized_fill :]
+
+    def sized_filled(self, count: int) -> List[Union[bytes, Frame]]:
+        """Say that ``count`` bytes were written into :meth:`sized_target`."""
+        self._sized_fill += count
+        out: List[Union[bytes, Frame]] = []
+        if self._sized is not None and self._sized_fill == len(self._sized):
+            out.append(self._finish_sized())
+        return out
+
+    def _finish_sized(self) -> Frame:
+        inner = self._sized
+        assert inner is not None
+        self._sized = None
+        self._sized_fill = 0
+        end = inner.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
+        if end < 3:
+            raise ProtocolError("malformed sized frame header %r" % bytes(inner[:_MAX_HEADER]))
+        frame = parse_frame(bytes(inner[:end]), escaped=False)
+        with memoryview(inner) as view:
+            payload = bytes(view[end:])
+        return Frame(frame.kind, frame.tag, frame.unpack, payload)
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[Union[bytes, Frame]]:
         """Add ``data`` to the stream and return every frame it completes, in order.
 
         Raises:
             FrameTooLarge: a frame is longer than ``max_frame_size``.
+            ProtocolError: a sized frame's header is malformed.
         """
+        out: List[Union[bytes, Frame]] = []
+        if self._sized is not None:
+            target = self._sized
+            take = min(len(data), len(target) - self._sized_fill)
+            target[self._sized_fill : self._sized_fill + take] = data[:take]
+            self._sized_fill += take
+            if self._sized_fill < len(target):
+                return out
+            out.append(self._finish_sized())
+            data = data[take:]
+            if not data:
+                return out
         buffer = self._buffer
         start = self._scanned - 3 if self._scanned > 3 else 0
         buffer += data
-        end = buffer.find(TERMINATOR, start)
-        if end < 0:
-            self._scanned = len(buffer)
-            if len(buffer) > self.max_frame_size + 4:
-                self.reset()
-                raise FrameTooLarge("frame larger than the limit of %d bytes" % self.max_frame_size)
-            return []
-        frames = bytes(buffer).split(TERMINATOR)
-        rest = frames.pop()
-        self._buffer = bytearray(rest)
-        self._scanned = len(rest)
+        self._process(out, start)
+        return out
+
+    def _process(self, out: List[Union[bytes, Frame]], start: int) -> None:
         limit = self.max_frame_size
-        for frame in frames:
-            if len(frame) > limit:
+        while True:
+            buffer = self._buffer
+            if buffer[:1] == b"_" and (
+                buffer[:KIND_LENGTH] == KIND_SIZED or KIND_SIZED.startswith(buffer)
+            ):
+                if not self._start_sized(out):
+                    return
+                if self._sized is not None:
+                    return
+                start = 0
+                continue
+            end = buffer.find(TERMINATOR, start)
+            if end < 0:
+                self._scanned = len(buffer)
+                if len(buffer) > limit + 4:
+                    self.reset()
+                    raise FrameTooLarge("frame larger than the limit of %d bytes" % limit)
+                return
+            sized_at = buffer.find(_SIZED_AFTER_TERMINATOR, end)
+            stop = sized_at if sized_at >= 0 else buffer.rfind(TERMINATOR)
+            if stop > 1024 * 1024:  # few, large frames: copy each once
+                frames: List[bytes] = []
+                position = 0
+                with memoryview(buffer) as view:
+                    while position <= stop:
+                        frames.append(bytes(view[position:end]))
+                        position = end + 4
+                        end = buffer.find(TERMINATOR, position, stop + 4)
+                        if end < 0:
+                            break
+            else:
+                frames = bytes(buffer[:stop]).split(TERMINATOR)
+            del buffer[: stop + 4]
+            for frame in frames:
+                if len(frame) > limit:
+                    self.reset()
+                    raise FrameTooLarge(
+                        "frame of %d bytes over the limit of %d" % (len(frame), limit)
+                    )
+            out.extend(frames)
+            self._scanned = 0
+            start = 0
+            if sized_at < 0:
+                self._scanned = len(buffer)
+                if len(buffer) > limit + 4:
+                    self.reset()
+                    raise FrameTooLarge("frame larger than the limit of %d bytes" % limit)
+                return
+
+    def _start_sized(self, out: List[Union[bytes, Frame]]) -> bool:
+        """The buffer starts with (the start of) a sized frame. False: wait for more bytes."""
+        buffer = self._buffer
+        colon = buffer.find(b":", KIND_LENGTH + 1, KIND_LENGTH + 22)
+        if colon < 0:
+            if len(buffer) > KIND_LENGTH + 21:
                 self.reset()
-                raise FrameTooLarge("frame of %d bytes over the limit of %d" % (len(frame), limit))
-        if len(rest) > limit + 4:
+                raise ProtocolError("malformed sized frame header %r" % bytes(buffer[:30]))
+            return False
+        if (
+            buffer[KIND_LENGTH : KIND_LENGTH + 1] != b":"
+            or not buffer[KIND_LENGTH + 1 : colon].isdigit()
+        ):
             self.reset()
-            raise FrameTooLarge("frame larger than the limit of %d bytes" % limit)
-        return frames
+            raise ProtocolError("malformed sized frame header %r" % bytes(buffer[:30]))
+        length = int(buffer[KIND_LENGTH + 1 : colon])
+        if length > self.max_frame_size:
+            self.reset()
+            raise FrameTooLarge("sized frame of %d bytes over the limit" % length)
+        if length < KIND_LENGTH + 3:
+            self.reset()
+            raise ProtocolError("sized frame of %d bytes is too short" % length)
+        begin = colon + 1
+        available = len(buffer) - begin
+        if available >= length:
+            self._sized = bytearray(buffer[begin : begin + length])
+            self._sized_fill = length
+            del buffer[: begin + length]
+            out.append(self._finish_sized())
+            return True
+        target = bytearray(length)
+        target[:available] = buffer[begin:]
+        self._sized = target
+        self._sized_fill = available
+        buffer.clear()
+        self._scanned = 0
+        return True
 
     def reset(self) -> None:
         """Forget every buffered byte."""
         self._buffer = bytearray()
         self._scanned = 0
+        self._sized = None
+        self._sized_fill = 0

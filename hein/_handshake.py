@@ -187,12 +187,18 @@ MAX_PREFIXES = 1024
 
 def control_frame(prefixes: Optional[Tuple[str, ...]]) -> bytes:
     """A receiver's control frame carrying its subscription (None: every tag)."""
-    message = {"v": VERSION, "tags": None if prefixes is None else list(prefixes), "seq": True}
+    message = {
+        "v": VERSION,
+        "tags": None if prefixes is None else list(prefixes),
+        "seq": True,
+        "sized": True,
+    }
     return encode_frame(KIND_CONTROL, None, True, json_dumps(message))
 
 
-def parse_control(payload: bytes) -> Optional[Tuple[bytes, ...]]:
-    """The subscription of a control frame's payload, as byte prefixes (None: every tag).
+def parse_control(payload: bytes) -> Tuple[Optional[Tuple[bytes, ...]], bool]:
+    """The subscription of a control frame's payload, as byte prefixes (None: every tag), and
+    whether the receiver reads sized frames.
 
     Raises:
         ProtocolError: the payload is not a valid control message.
@@ -201,8 +207,9 @@ def parse_control(payload: bytes) -> Optional[Tuple[bytes, ...]]:
     if not isinstance(message, dict):
         raise ProtocolError("control message is not a dict")
     tags = message.get("tags")
+    sized = message.get("sized") is True
     if tags is None:
-        return None
+        return None, sized
     if not isinstance(tags, list) or len(tags) > MAX_PREFIXES:
         raise ProtocolError("bad subscription")
     prefixes = []
@@ -210,7 +217,7 @@ def parse_control(payload: bytes) -> Optional[Tuple[bytes, ...]]:
         if not isinstance(tag, str) or clean_tag(tag) != tag:
             raise ProtocolError("bad tag prefix %r" % (tag,))
         prefixes.append(tag.encode("ascii"))
-    return tuple(sorted(set(prefixes)))
+    return tuple(sorted(set(prefixes))), sized
 
 
 def sequence_frame(epoch: str, group: str, number: int) -> bytes:

@@ -30,6 +30,7 @@ from ._framing import (
     KINDS,
     TAG_MAX_LENGTH,
     TERMINATOR,
+    Frame,
     FrameDecoder,
     HeaderCache,
 )
@@ -50,7 +51,7 @@ from ._handshake import (
 from ._netutil import default_host
 from ._serializer import json_loads
 from .core import Message, clean_tag
-from .errors import FrameTooLarge, ProtocolError
+from .errors import ProtocolError
 
 __all__ = ["SocReceiver"]
 
@@ -628,8 +629,9 @@ class SocReceiver:
         silence: Optional[float] = None  # set once the transmitter announces heartbeats
         last_heard = time.monotonic()
         while not self._closing:
+            target = decoder.sized_target()
             try:
-                count = sock.recv_into(buffer)
+                count = sock.recv_into(buffer if target is None else target)
             except socket.timeout:
                 if silence is not None and time.monotonic() - last_heard > silence:
                     logger.warning(
@@ -651,8 +653,10 @@ class SocReceiver:
             if silence is not None:
                 last_heard = time.monotonic()
             try:
-                frames = decoder.feed(view[:count])
-            except FrameTooLarge as error:
+                frames = (
+                    decoder.feed(view[:count]) if target is None else decoder.sized_filled(count)
+                )
+            except ProtocolError as error:  # FrameTooLarge included: the stream is broken
                 logger.warning("%s %r: %s; closing the connection", self, self.name, error)
                 return
             if not frames:
@@ -670,11 +674,14 @@ class SocReceiver:
             missed = 0
             prefixes = self._prefixes
             for raw in frames:
-                if raw[:7] not in known_kinds:
+                if type(raw) is Frame:
+                    frame = raw  # a sized frame, parsed already
+                elif raw[:7] not in known_kinds:
                     logger.debug("%s %r: ignored a frame of kind %r", self, self.name, raw[:7])
                     continue
                 try:
-                    frame = parse_frame(raw)
+                    if type(raw) is not Frame:
+                        frame = parse_frame(raw)  # type: ignore[arg-type]
                     kind = frame.kind
                     if kind == KIND_JSON or kind == KIND_RAW:
                         if counting:

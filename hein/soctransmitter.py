@@ -36,11 +36,13 @@ from ._framing import (
     KIND_JSON,
     KIND_PING,
     KIND_RAW,
+    SIZED_THRESHOLD,
     TAG_MAX_LENGTH,
     TERMINATOR,
     clean_tag,
     escape_payload,
     frame_header,
+    sized_header,
 )
 from ._handshake import (
     KIND_AUTH,
@@ -128,6 +130,32 @@ class _PingRequest:
         self.done = threading.Event()
 
 
+class _Big:
+    """A message with a large payload: sent as a sized frame (no escaping, no copy) to
+    receivers that read them, and escaped (once, on demand) for the others."""
+
+    __slots__ = ("_legacy", "kind", "payload", "size", "sized_head", "tag", "unpack")
+
+    def __init__(self, kind: bytes, tag: str, unpack: bool, payload: bytes) -> None:
+        self.kind = kind
+        self.tag = tag
+        self.unpack = unpack
+        self.payload = payload
+        self.sized_head = sized_header(kind, tag, unpack, len(payload))
+        self.size = len(self.sized_head) + len(payload)
+        self._legacy: Optional[bytes] = None
+
+    def legacy(self) -> bytes:
+        """The frame as hein 0.2.3 reads it."""
+        if self._legacy is None:
+            self._legacy = (
+                frame_header(self.kind, self.tag, self.unpack)
+                + escape_payload(self.payload)
+                + TERMINATOR
+            )
+        return self._legacy
+
+
 @dataclass(eq=False)
 class _Group:
     """Receivers with the same subscription, and how many messages matched it so far."""
@@ -177,6 +205,7 @@ class _Connection:
     blocked: bool = False  # the last write found the socket buffers full
     control: Optional[ReceiverBytes] = None  # parser, once it sent more than ACKs
     group: Optional[_Group] = None  # its subscription (None: everything, no markers)
+    sized: bool = False  # it reads sized frames (extension 4)
     frames_sent: int = 0
     closed: bool = False
 
@@ -282,8 +311,10 @@ class SocTransmitter:
         self._callback_thread: Optional[threading.Thread] = None
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._listeners: List[socket.socket] = []
-        self._retained: Dict[bytes, bytes] = {}
-        self._retained_bytes = 0
+        self._retained: Dict[bytes, Union[bytes, _Big]] = {}
+        self._retained_bytes = 0  # accounted by the callers of tell(), under _retain_lock
+        self._retained_sizes: Dict[bytes, int] = {}
+        self._retain_lock = threading.Lock()
         self._nretained = 0
         self._told = 0
         self._drops: Dict[str, int] = {}
@@ -449,6 +480,8 @@ class SocTransmitter:
             return False
         payload = json_dumps(v)
         tag = clean_tag(tag)
+        if len(payload) > SIZED_THRESHOLD:
+            return self._queue(_Big(KIND_JSON, tag, unpack, payload), tag if retain else None)
         frame = frame_header(KIND_JSON, tag, unpack) + escape_payload(payload) + TERMINATOR
         return self._queue(frame, tag if retain else None)
 
@@ -469,19 +502,33 @@ class SocTransmitter:
         if not data or not self._running:
             return False
         tag = clean_tag(tag)
+        if len(data) > SIZED_THRESHOLD:
+            return self._queue(_Big(KIND_RAW, tag, False, data), tag if retain else None)
         frame = frame_header(KIND_RAW, tag, False) + escape_payload(data) + TERMINATOR
         return self._queue(frame, tag if retain else None)
 
-    def _queue(self, frame: bytes, retain_tag: Optional[str] = None) -> bool:
-        if len(frame) > self.max_queue_bytes:
+    def _queue(self, frame: Union[bytes, _Big], retain_tag: Optional[str] = None) -> bool:
+        size = len(frame) if type(frame) is bytes else frame.size  # type: ignore[union-attr]
+        if size > self.max_queue_bytes:
             raise ValueError(
                 "message of %d bytes is larger than max_queue_bytes (%d)"
-                % (len(frame), self.max_queue_bytes)
+                % (size, self.max_queue_bytes)
             )
         if retain_tag is not None:
-            if self._retained_bytes + len(frame) > self.max_queue_bytes:
-                raise ValueError("retained values would exceed max_queue_bytes")
-            self._inbox.append(("retain", retain_tag.encode("ascii"), frame))
+            key = retain_tag.encode("ascii")
+            with self._retain_lock:  # account here, so that values told in a row add up
+                sizes = self._retained_sizes
+                total = self._retained_bytes - sizes.get(key, 0) + size
+                if total > self.max_queue_bytes:
+                    raise ValueError(
+                        "retained values would take %d bytes, over max_queue_bytes (%d)"
+                        % (total, self.max_queue_bytes)
+                    )
+                if key not in sizes and len(sizes) >= MAX_RETAINED:
+                    raise ValueError("%d tags have a retained value already" % MAX_RETAINED)
+                sizes[key] = size
+                self._retained_bytes = total
+            self._inbox.append(("retain", key, frame))
         else:
             self._inbox.append(frame)
         waker = self._waker
@@ -498,6 +545,13 @@ class SocTransmitter:
         """Forget retained values: of the tags given (None or "" for untagged messages), or of
         every tag when called without arguments."""
         keys = [clean_tag(tag).encode("ascii") for tag in tags] if tags else [None]
+        with self._retain_lock:
+            for key in keys:
+                if key is None:
+                    self._retained_sizes.clear()
+                    self._retained_bytes = 0
+                else:
+                    self._retained_bytes -= self._retained_sizes.pop(key, 0)
         for key in keys:
             if self._running:
                 self._command(("unretain", key))
@@ -563,7 +617,12 @@ class SocTransmitter:
         """The largest number of bytes waiting for one receiver: told but not yet handed to
         the kernel (use it to pace a producer; :meth:`flush` waits for zero)."""
         backlog = max((conn.queued for conn in list(self._registered_snapshot)), default=0)
-        return backlog + sum(len(item) for item in list(self._inbox) if type(item) is bytes)
+        for item in list(self._inbox):
+            if type(item) is tuple and item[0] == "retain":
+                item = item[2]
+            if type(item) is bytes or type(item) is _Big:
+                backlog += _size(item)
+        return backlog
 
     # ------------------------------------------------------------------- deprecated senders
 
@@ -706,9 +765,21 @@ class SocTransmitter:
             if type(item) is bytes:
                 frames.append(item)
                 continue
+            if type(item) is _Big:
+                if frames:
+                    self._broadcast(frames)
+                    frames = []
+                self._broadcast_big(item)
+                continue
             if item[0] == "retain":
                 self._retain(item[1], item[2])
-                frames.append(item[2])
+                if type(item[2]) is bytes:
+                    frames.append(item[2])
+                    continue
+                if frames:
+                    self._broadcast(frames)
+                    frames = []
+                self._broadcast_big(item[2])
                 continue
             if frames:
                 self._broadcast(frames)
@@ -768,26 +839,40 @@ class SocTransmitter:
                 self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
                 continue
 
-    def _retain(self, tag: bytes, frame: bytes) -> None:
-        old = self._retained.pop(tag, None)
-        if old is not None:
-            self._retained_bytes -= len(old)
-        elif len(self._retained) >= MAX_RETAINED:
-            logger.warning("%s: %d retained tags already; %r not retained", self, MAX_RETAINED, tag)
-            self._nretained = len(self._retained)
-            return
+    def _broadcast_big(self, big: _Big) -> None:
+        self._told += 1
+        tag = big.tag.encode("ascii")
+        if len(self._tag_counts) < MAX_TAGS_COUNTED:
+            self._tag_counts[tag] += 1
+        for group in self._groups.values():
+            if group.matches(tag):
+                group.count += 1
+        limit = self.max_queue_bytes
+        for conn in list(self._registered.values()):
+            if conn.group is not None and not conn.group.matches(tag):
+                continue
+            parts = (big.sized_head, big.payload) if conn.sized else (big.legacy(),)
+            for part in parts:
+                conn.outbox.append(part)
+                conn.queued += len(part)
+                conn.queued_total += len(part)
+            conn.frames_sent += 1
+            if not conn.writing:
+                self._write(conn)
+            if conn.queued > limit:
+                self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
+
+    def _retain(self, tag: bytes, frame: Union[bytes, _Big]) -> None:
+        """Keep a retained value (its size was accounted for by ``tell``)."""
+        self._retained.pop(tag, None)
         self._retained[tag] = frame
-        self._retained_bytes += len(frame)
         self._nretained = len(self._retained)
 
     def _unretain(self, tag: Optional[bytes]) -> None:
         if tag is None:
             self._retained.clear()
-            self._retained_bytes = 0
         else:
-            old = self._retained.pop(tag, None)
-            if old is not None:
-                self._retained_bytes -= len(old)
+            self._retained.pop(tag, None)
         self._nretained = len(self._retained)
 
     def _group_for(self, prefixes: Optional[Tuple[bytes, ...]]) -> _Group:
@@ -814,7 +899,7 @@ class SocTransmitter:
         try:
             if not raw.startswith(KIND_CONTROL + b":1:"):
                 raise ProtocolError("unknown control frame %r" % raw[:20])
-            prefixes = parse_control(raw[len(KIND_CONTROL) + 3 :])
+            prefixes, conn.sized = parse_control(raw[len(KIND_CONTROL) + 3 :])
         except ProtocolError as error:
             self._drop(conn, "bad control frame: %s" % error)
             return
@@ -1179,7 +1264,10 @@ class SocTransmitter:
         conn.since = time.time()
         conn.last_write = time.monotonic()
         self._registered[name] = conn
-        retained = b"".join(self._retained.values())
+        retained = b"".join(
+            frame if type(frame) is bytes else frame.legacy()  # type: ignore[union-attr]
+            for frame in self._retained.values()
+        )
         self._send_to(conn, ACK + hello_frame(self.heartbeat) + retained)
         self._update_receivers()
         logger.info("%s: receiver %r registered from %s", self, name, describe(conn.address))
@@ -1348,6 +1436,10 @@ class SocTransmitter:
         for event in self._flush_waiters:
             event.set()
         self._flush_waiters = []
+
+
+def _size(frame: Union[bytes, _Big]) -> int:
+    return len(frame) if type(frame) is bytes else frame.size  # type: ignore[union-attr]
 
 
 def _check_port(port: Any) -> int:

@@ -696,11 +696,6 @@ def test_retained_too_large_is_refused(closer):
     assert {tag for _, tag in got.items} == {"a", "c", "end"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: tell(retain=True) counts the value it replaces against max_queue_bytes, so a "
-    "tag's retained value over half the limit can never be updated",
-)
 def test_replacing_a_large_retained_value_is_allowed(closer):
     t = closer.transmitter(max_queue_bytes=8192)
     assert t.tell("x" * 5000, tag="a", retain=True)
@@ -712,11 +707,6 @@ def test_replacing_a_large_retained_value_is_allowed(closer):
     assert got.wait_for_count(1) == [("y" * 5000, "a")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the retained-size check in tell() reads a total the loop thread updates "
-    "later, so retained values told in a row exceed max_queue_bytes without ValueError",
-)
 def test_retained_limit_holds_for_values_told_in_a_row(closer):
     limit = 65536
     t = closer.transmitter(max_queue_bytes=limit)
