@@ -471,8 +471,11 @@ class SocReceiver:
             self._async_waiters.discard(waiter)
 
     def _newconnection(self) -> None:
-        """Called (in the receiver thread) after each successful connection."""
-        print(self._sock)
+        """Called (in the receiver thread) after each successful connection.
+
+        Prints the connected socket, as hein 0.2.3 did (nothing with ``pull=True``)."""
+        if not self.pull:
+            print(self._sock)
 
     # ------------------------------------------------------------------------------- stats
 

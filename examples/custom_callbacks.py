@@ -1,0 +1,43 @@
+"""Custom callbacks: subclass the classes, or assign functions to an instance.
+
+Run: python examples/custom_callbacks.py
+"""
+
+import threading
+
+import hein
+
+
+class Board(hein.SocTransmitter):
+    """A transmitter that keeps a roll of who is listening."""
+
+    def _newconnection(self, name):  # runs in the transmitter's callback thread
+        print("joined:", name)
+        joined.release()
+
+    def _dropped(self, name):
+        print("left:", name)
+
+
+class Logger(hein.SocReceiver):
+    def process(self, data, tag):  # runs in the receiver's thread, once per message
+        print("%s got %r (tag %s)" % (self.name, data, tag))
+        if data == "bye":
+            finished.set()
+
+
+joined = threading.Semaphore(0)
+finished = threading.Event()
+with Board(0, 5) as board:
+    with Logger(board.port, "logger", hostname="127.0.0.1"):
+        quiet = hein.SocReceiver(board.port, "counter", hostname="127.0.0.1")
+        counts = {"n": 0}
+        quiet.process = lambda data, tag: counts.__setitem__("n", counts["n"] + 1)
+        for _ in range(2):
+            assert joined.acquire(timeout=10)
+        board.tell({"a": 1}, tag="demo")
+        board.tell([1, 2, 3], unpack=False)  # the receiver gets a hein.Message
+        board.tell("bye")
+        assert finished.wait(10)
+        quiet.close()
+    print("counter saw", counts["n"], "messages")
