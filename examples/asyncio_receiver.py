@@ -22,7 +22,7 @@ async def main():
 
             task = asyncio.ensure_future(producer())
             received = []
-            async for tag, data in r.amessages(timeout=2):
+            async for _tag, data in r.amessages(timeout=2):
                 received.append(data["tick"])
                 if len(received) == 5:
                     break
