@@ -35,6 +35,8 @@ from datetime import datetime
 MARK = "@@BENCH "
 MIB = 1024 * 1024
 RAW_SIZE = MIB
+#: timeoutACK of hein transmitters in W5 (200 receivers on 2 cores; see HeinPub).
+W5_TIMEOUT_ACK = 10.0
 #: W4 publishers wait while more than this is queued for the receiver.
 RAW_BACKLOG = 16 * MIB
 
@@ -47,7 +49,8 @@ os.dup2(2, 1)
 sys.stdout = sys.stderr
 _emit_lock = threading.Lock()
 logging.basicConfig(
-    level=logging.INFO, stream=sys.stderr,
+    level=logging.INFO,
+    stream=sys.stderr,
     format="%(asctime)s pid %(process)d %(threadName)s %(name)s %(levelname)s: %(message)s",
 )
 
@@ -135,7 +138,11 @@ class HeinPub:
 
             self.t._dropped = dropped
         else:
-            self.t = SocTransmitter(0, cfg["nrecv"], start=False)
+            # W5 runs 50 receiver threads per process on 2 cores: their first read can come
+            # seconds after the data is in their socket buffers (they wait for the GIL), which
+            # the default timeoutACK of 1 s takes for a stall; give them W5_TIMEOUT_ACK.
+            timeout_ack = W5_TIMEOUT_ACK if cfg["workload"] == "W5" else 1.0
+            self.t = SocTransmitter(0, cfg["nrecv"], start=False, timeoutACK=timeout_ack)
             self.t._dropped = self.dropped.append
         self.t._newconnection = lambda name: None
         self.t.start()
@@ -348,7 +355,13 @@ def make_message_factory(cfg):
     iso = cfg["peer"] in ("pyzmq-json", "plain-socket")  # json cannot carry a datetime
     if cfg["workload"] == "W3":
         if iso:
-            return lambda i: {"i": i, "x": 1.5, "s": "hello", "t": now(utc).isoformat(), "m": mono()}
+            return lambda i: {
+                "i": i,
+                "x": 1.5,
+                "s": "hello",
+                "t": now(utc).isoformat(),
+                "m": mono(),
+            }
         return lambda i: {"i": i, "x": 1.5, "s": "hello", "t": now(utc), "m": mono()}
     if iso:
         return lambda i: {"i": i, "x": 1.5, "s": "hello", "t": now(utc).isoformat()}
@@ -446,7 +459,7 @@ def publisher(cfg):
 
 
 class Counter:
-    __slots__ = ("name", "count", "last", "t_last", "nbytes", "lat")
+    __slots__ = ("count", "last", "lat", "name", "nbytes", "t_last")
 
     def __init__(self, name):
         self.name = name
@@ -581,11 +594,17 @@ def hein_subscriber(cfg, counters, callbacks, commands, finish):
     for counter, callback in zip(counters, callbacks):
         if legacy:
             receiver = SocReceiver(
-                cfg["port"], counter.name, buffer_size=cfg["legacy_buffer"], connect=False,
-                connectWait=0.1, hostname="127.0.0.1",
+                cfg["port"],
+                counter.name,
+                buffer_size=cfg["legacy_buffer"],
+                connect=False,
+                connectWait=0.1,
+                hostname="127.0.0.1",
             )
         else:
-            receiver = SocReceiver(cfg["port"], counter.name, connect=False, connectWait=0.05, hostname="127.0.0.1")
+            receiver = SocReceiver(
+                cfg["port"], counter.name, connect=False, connectWait=0.05, hostname="127.0.0.1"
+            )
         receiver._newconnection = lambda: None
         receiver.process = callback
         receiver.connect()
@@ -674,7 +693,7 @@ class _PlainConn:
     READ = 256 * 1024
     BIG = 64 * 1024  # frames from this size on are read straight into their own buffer
 
-    __slots__ = ("sock", "callback", "buf", "view", "start", "end", "big", "big_view", "big_got")
+    __slots__ = ("big", "big_got", "big_view", "buf", "callback", "end", "sock", "start", "view")
 
     def __init__(self, sock, callback):
         self.sock = sock
@@ -710,7 +729,7 @@ def plain_subscriber(cfg, counters, callbacks, commands, finish):
             conn = key.data
             try:
                 if conn.big is not None:
-                    count = conn.sock.recv_into(conn.big_view[conn.big_got:])
+                    count = conn.sock.recv_into(conn.big_view[conn.big_got :])
                     if count:
                         conn.big_got += count
                         if conn.big_got == len(conn.big):
@@ -721,9 +740,9 @@ def plain_subscriber(cfg, counters, callbacks, commands, finish):
                 else:
                     if conn.end == len(conn.buf):  # full: move the partial frame to the front
                         length = conn.end - conn.start
-                        conn.buf[:length] = conn.buf[conn.start:conn.end]
+                        conn.buf[:length] = conn.buf[conn.start : conn.end]
                         conn.start, conn.end = 0, length
-                    count = conn.sock.recv_into(conn.view[conn.end:])
+                    count = conn.sock.recv_into(conn.view[conn.end :])
             except BlockingIOError:
                 continue
             if not count:
@@ -735,14 +754,14 @@ def plain_subscriber(cfg, counters, callbacks, commands, finish):
                 (length,) = unpack_from(buf, start)
                 stop = start + 4 + length
                 if stop <= end:
-                    callback(bytes(buf[start + 4:stop]) if raw else loads(buf[start + 4:stop]))
+                    callback(bytes(buf[start + 4 : stop]) if raw else loads(buf[start + 4 : stop]))
                     start = stop
                     continue
                 if length >= BIG:
                     have = end - start - 4
                     conn.big = bytearray(length)
                     conn.big_view = memoryview(conn.big)
-                    conn.big_view[:have] = conn.view[start + 4:end]
+                    conn.big_view[:have] = conn.view[start + 4 : end]
                     conn.big_got = have
                     start = end
                 break

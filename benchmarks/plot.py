@@ -19,7 +19,7 @@ if __package__:
     from .run import ROWS
 else:  # run as a script: python benchmarks/plot.py
     sys.path.insert(0, HERE)
-    from run import ROWS  # noqa: E402
+    from run import ROWS
 
 COLORS = {
     "hein": "#d62728",
@@ -40,7 +40,9 @@ def _short(number):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="?", default=DEFAULT_JSON)
-    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: beside the JSON)")
+    parser.add_argument(
+        "-o", "--output", default=None, help="PNG to write (default: beside the JSON)"
+    )
     args = parser.parse_args(argv)
     try:
         import matplotlib
@@ -87,14 +89,21 @@ def main(argv=None):
             axis.annotate(
                 _short(number) + ("" if ok else "*"),
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center", va="bottom", fontsize=7,
+                ha="center",
+                va="bottom",
+                fontsize=7,
             )
     for index in range(len(panels), lines * columns):
         axes[index // columns][index % columns].axis("off")
     machine = document.get("machine", {})
     figure.suptitle(
         "hein benchmarks (%s mode), %s, %s cores, Python %s (* partial: timed out or stalled)"
-        % (document.get("mode"), document.get("date", "")[:10], machine.get("nproc"), machine.get("python"))
+        % (
+            document.get("mode"),
+            document.get("date", "")[:10],
+            machine.get("nproc"),
+            machine.get("python"),
+        )
     )
     figure.tight_layout()
     output = args.output or os.path.splitext(args.json)[0] + ".png"

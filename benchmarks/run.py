@@ -91,7 +91,7 @@ class Worker:
     """One child process: a publisher or a subscriber process of one peer."""
 
     def __init__(self, python, cfg, cwd, env, log):
-        self.events: "queue.Queue" = queue.Queue()
+        self.events: queue.Queue = queue.Queue()
         self.log = log
         self.proc = subprocess.Popen(
             [python, WORKER, json.dumps(cfg)],
@@ -113,7 +113,7 @@ class Worker:
         for line in self.proc.stdout:
             if line.startswith(MARK):
                 try:
-                    self.events.put(json.loads(line[len(MARK):]))
+                    self.events.put(json.loads(line[len(MARK) :]))
                 except ValueError:
                     pass
         self.events.put({"ev": "eof"})
@@ -304,7 +304,11 @@ class Runner:
             raw["result"] = result
             raw["done"] = done
             raw["stopped_done"] = stopped_done
-            bad = [e for e in [sent, result] + done if not e or e["ev"] not in ("sent", "result", "done")]
+            bad = [
+                e
+                for e in [sent, result, *done]
+                if not e or e["ev"] not in ("sent", "result", "done")
+            ]
             if bad:
                 raw["status"] = "error"
                 raw["error"] = "missing or bad reports: %r" % (bad[:3],)
@@ -369,12 +373,16 @@ def metrics(workload, raw, w2_metrics=None):
     result = raw.get("result") or {}
     if result.get("dropped"):
         dropped = result["dropped"]
-        notes.append("transmitter dropped %d time(s): %s%s" % (
-            len(dropped), ", ".join(dropped[:6]), ", ..." if len(dropped) > 6 else ""))
+        notes.append(
+            "transmitter dropped %d time(s): %s%s"
+            % (len(dropped), ", ".join(dropped[:6]), ", ..." if len(dropped) > 6 else "")
+        )
     short = [r for r in receivers if r["count"] < expected]
     if short:
-        notes.append("%d of %d receivers got less than all %d messages (fewest: %d)" % (
-            len(short), len(receivers), expected, min(r["count"] for r in short)))
+        notes.append(
+            "%d of %d receivers got less than all %d messages (fewest: %d)"
+            % (len(short), len(receivers), expected, min(r["count"] for r in short))
+        )
     if result.get("stale_queued_bytes"):
         notes.append(
             "queued_bytes() stayed over the pacing bound %d times although flush() said all was "
@@ -397,12 +405,17 @@ def metrics(workload, raw, w2_metrics=None):
             stopped = [e for e in raw.get("stopped_done") or [] if e and e.get("ev") == "done"]
             for event in stopped:
                 for r in event["receivers"]:
-                    notes.append("stopped subscriber %s got %d of %d (after SIGCONT)" % (r["name"], r["count"], expected))
+                    notes.append(
+                        "stopped subscriber %s got %d of %d (after SIGCONT)"
+                        % (r["name"], r["count"], expected)
+                    )
         if workload == "W5":
             if result.get("cpu_s") is not None and m["delivered"]:
                 m["cpu_us_per_msg"] = result["cpu_s"] / m["delivered"] * 1e6
             if raw.get("rss_ready_kb") is not None and raw.get("rss_start_kb") is not None:
-                m["rss_kb_per_receiver"] = (raw["rss_ready_kb"] - raw["rss_start_kb"]) / raw["nrecv"]
+                m["rss_kb_per_receiver"] = (raw["rss_ready_kb"] - raw["rss_start_kb"]) / raw[
+                    "nrecv"
+                ]
             m["receivers"] = raw["nrecv"]
     elif workload == "W3":
         lat = [r["latency"] for r in receivers if r.get("latency")]
@@ -410,8 +423,10 @@ def metrics(workload, raw, w2_metrics=None):
             m.update({k: lat[0][k] for k in ("p50_us", "p99_us", "max_us", "mean_us")})
             worst = lat[0].get("worst") or []
             if worst and worst[0][0] == 0 and len(worst) > 1:
-                notes.append("the max is the first message (%d us; next worst %d us): a warm-up cost" % (
-                    worst[0][1], worst[1][1]))
+                notes.append(
+                    "the max is the first message (%d us; next worst %d us): a warm-up cost"
+                    % (worst[0][1], worst[1][1])
+                )
     elif workload == "W4":
         nbytes = sum(r["nbytes"] for r in receivers)
         m["mb_s"] = (_rate(nbytes, t_first, max(t_lasts)) or 0.0) / 1e6 if t_lasts else None
@@ -440,15 +455,15 @@ ROWS = [
 
 def _ratio(value):
     if value >= 100:
-        return "{:,.0f}".format(value)
+        return f"{value:,.0f}"
     if value >= 0.1:
-        return "{:.2f}".format(value)
-    return "{:.2g}".format(value)
+        return f"{value:.2f}"
+    return f"{value:.2g}"
 
 
 def format_table(results, peers, workloads):
     ratio_cols = ["hein/%s" % p for p in RATIO_PEERS if p in peers and "hein" in peers]
-    header = ["workload", "metric", "better"] + peers + ratio_cols
+    header = ["workload", "metric", "better", *peers, *ratio_cols]
     lines = []
     for workload, key, label, better, fmt in ROWS:
         if workload not in workloads:
@@ -479,10 +494,15 @@ def format_table(results, peers, workloads):
             else:
                 row.append("-")
         lines.append(row)
-    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     out = []
-    for k, row in enumerate([header] + lines):
-        out.append("  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    for k, row in enumerate([header, *lines]):
+        out.append(
+            "  ".join(
+                str(c).rjust(w) if i >= 3 else str(c).ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out), header, lines
@@ -505,9 +525,19 @@ def probe(python, code, cwd, env, timeout=60):
 
 def availability(runner):
     out = {}
-    version, err = probe(sys.executable, "import hein; print(hein.__version__, hein.__file__)", REPO, runner.env_for("hein"))
+    version, err = probe(
+        sys.executable,
+        "import hein; print(hein.__version__, hein.__file__)",
+        REPO,
+        runner.env_for("hein"),
+    )
     out["hein"] = {"available": version is not None, "version": version, "why": err}
-    version, err = probe(sys.executable, "import zmq; print(zmq.pyzmq_version(), zmq.zmq_version())", REPO, runner.env_for("pyzmq-json"))
+    version, err = probe(
+        sys.executable,
+        "import zmq; print(zmq.pyzmq_version(), zmq.zmq_version())",
+        REPO,
+        runner.env_for("pyzmq-json"),
+    )
     for peer in ("pyzmq-json", "pyzmq-pickle"):
         out[peer] = {
             "available": version is not None,
@@ -515,18 +545,38 @@ def availability(runner):
             "why": err and "pyzmq not importable (pip install -e .[bench]): %s" % err,
         }
     if os.path.exists(LEGACY_PYTHON):
-        version, err = probe(LEGACY_PYTHON, "import hein; print(hein.__version__)", runner.tmp_cwd, runner.env_for("hein-0.2.3"))
+        version, err = probe(
+            LEGACY_PYTHON,
+            "import hein; print(hein.__version__)",
+            runner.tmp_cwd,
+            runner.env_for("hein-0.2.3"),
+        )
         ok = version is not None and version.startswith("0.2.3")
-        out["hein-0.2.3"] = {"available": ok, "version": version, "why": err or (None if ok else "not 0.2.3: %s" % version)}
+        out["hein-0.2.3"] = {
+            "available": ok,
+            "version": version,
+            "why": err or (None if ok else "not 0.2.3: %s" % version),
+        }
     else:
-        out["hein-0.2.3"] = {"available": False, "version": None, "why": "no %s (see tests/legacy.py)" % LEGACY_PYTHON}
-    out["plain-socket"] = {"available": True, "version": "python %s" % platform.python_version(), "why": None}
+        out["hein-0.2.3"] = {
+            "available": False,
+            "version": None,
+            "why": "no %s (see tests/legacy.py)" % LEGACY_PYTHON,
+        }
+    out["plain-socket"] = {
+        "available": True,
+        "version": "python %s" % platform.python_version(),
+        "why": None,
+    }
     return out
 
 
 SKIPS = {
     ("hein-0.2.3", "W5"): "hein 0.2.3 caps nreceivermax at 5",
-    ("plain-socket", "W6"): "the reference has no per-subscriber queue: one stopped reader blocks it",
+    (
+        "plain-socket",
+        "W6",
+    ): "the reference has no per-subscriber queue: one stopped reader blocks it",
 }
 
 PEER_NOTES = {
@@ -537,7 +587,7 @@ PEER_NOTES = {
     "receivers with buffer_size=1 MiB; no W5 (at most 5 receivers)",
     "plain-socket": "4-byte length + json.dumps frames, batched into 64 KiB sendall (W3: one send per message), "
     "json.loads + callback per message; datetime as isoformat string; W4 raw bytes; the ceiling",
-    "hein": "this repository's hein: SocTransmitter.tell / tell_raw, SocReceiver.process callback",
+    "hein": "this repository's hein: SocTransmitter.tell / tell_raw, SocReceiver.process callback; W5 with timeoutACK=10 (200 receiver threads on 2 cores wait seconds for the GIL)",
 }
 
 
@@ -562,12 +612,18 @@ def machine_info():
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="hein benchmark suite (see benchmarks/README.md)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: small counts, under a minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: small counts, under a minute"
+    )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, e.g. W1,W3")
     parser.add_argument("--peers", default=",".join(PEERS), help="peers, e.g. hein,pyzmq-json")
-    parser.add_argument("--json", default=DEFAULT_JSON, help="where to write the results (default %(default)s)")
     parser.add_argument(
-        "--bound", type=float, default=None,
+        "--json", default=DEFAULT_JSON, help="where to write the results (default %(default)s)"
+    )
+    parser.add_argument(
+        "--bound",
+        type=float,
+        default=None,
         help="time bound of each run of a workload, in seconds (default 60, quick: 8)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' stderr logs")
@@ -607,7 +663,11 @@ def _main(args, argv, runner, log_dir):
         results[workload] = {}
         for peer in peers:
             if (peer, workload) in SKIPS:
-                results[workload][peer] = {"status": "skipped", "why": SKIPS[(peer, workload)], "metrics": {}}
+                results[workload][peer] = {
+                    "status": "skipped",
+                    "why": SKIPS[(peer, workload)],
+                    "metrics": {},
+                }
                 continue
             raw = runner.run(peer, workload)
             w2 = results.get("W2", {}).get(peer, {}).get("metrics")
@@ -615,12 +675,25 @@ def _main(args, argv, runner, log_dir):
             if raw.get("error"):
                 notes.insert(0, raw["error"])
             status = raw.get("status", "error")
-            results[workload][peer] = {"status": status, "metrics": values, "notes": notes, "raw": raw}
+            results[workload][peer] = {
+                "status": status,
+                "metrics": values,
+                "notes": notes,
+                "raw": raw,
+            }
             shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in values.items()}
-            print("%-3s %-13s %-7s %5.1fs %s%s" % (
-                workload, peer, status, raw.get("elapsed_s", 0.0), shown,
-                ("  [" + "; ".join(notes) + "]") if notes else "",
-            ), flush=True)
+            print(
+                "%-3s %-13s %-7s %5.1fs %s%s"
+                % (
+                    workload,
+                    peer,
+                    status,
+                    raw.get("elapsed_s", 0.0),
+                    shown,
+                    ("  [" + "; ".join(notes) + "]") if notes else "",
+                ),
+                flush=True,
+            )
             if status == "error":
                 failures.append((workload, peer, raw.get("error")))
                 try:
@@ -632,11 +705,20 @@ def _main(args, argv, runner, log_dir):
                     pass
     table, header, rows = format_table(results, peers, workloads)
     print()
-    print("hein benchmarks, %s mode, %s, %d cores, Python %s" % (
-        "quick" if args.quick else "full", _dt.date.today().isoformat(), os.cpu_count(), platform.python_version()))
+    print(
+        "hein benchmarks, %s mode, %s, %d cores, Python %s"
+        % (
+            "quick" if args.quick else "full",
+            _dt.date.today().isoformat(),
+            os.cpu_count(),
+            platform.python_version(),
+        )
+    )
     print(table)
-    print("(* partial: the run hit its time bound, stalled (no progress for a while) or failed; "
-          "n/a: not applicable; ratios are hein/peer)")
+    print(
+        "(* partial: the run hit its time bound, stalled (no progress for a while) or failed; "
+        "n/a: not applicable; ratios are hein/peer)"
+    )
     for peer in peers:
         print("  %s: %s" % (peer, PEER_NOTES[peer]))
     for workload in workloads:
@@ -648,12 +730,18 @@ def _main(args, argv, runner, log_dir):
                 print("  note %s %s: skipped, %s" % (workload, peer, cell["why"]))
     document = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.run"] + (sys.argv[1:] if argv is None else list(argv))),
-        "argv": [sys.executable] + sys.argv,
+        "command": " ".join(
+            [os.path.basename(sys.executable), "-m", "benchmarks.run"]
+            + (sys.argv[1:] if argv is None else list(argv))
+        ),
+        "argv": [sys.executable, *sys.argv],
         "mode": "quick" if args.quick else "full",
         "bound_s": args.bound or PARAMS["quick" if args.quick else "full"]["bound"],
         "machine": machine_info(),
-        "params": {"workloads": PARAMS["quick" if args.quick else "full"], "legacy": LEGACY_PARAMS["quick" if args.quick else "full"]},
+        "params": {
+            "workloads": PARAMS["quick" if args.quick else "full"],
+            "legacy": LEGACY_PARAMS["quick" if args.quick else "full"],
+        },
         "descriptions": DESCRIPTIONS,
         "peers": {p: dict(avail[p], note=PEER_NOTES[p]) for p in args.peers},
         "results": results,

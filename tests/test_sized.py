@@ -30,7 +30,7 @@ def decode_all(stream, cuts, max_frame_size=1 << 20):
     decoder = FrameDecoder(max_frame_size)
     out = []
     previous = 0
-    for cut in sorted(cuts) + [len(stream)]:
+    for cut in [*sorted(cuts), len(stream)]:
         out += decoder.feed(stream[previous:cut])
         previous = cut
     return [item if type(item) is Frame else parse_frame(item) for item in out]
@@ -59,8 +59,10 @@ def test_mixed_sized_and_terminated_frames_decode_whatever_the_chunks(items, cut
 
 def test_sized_frame_read_in_place_with_sized_target():
     payload = os.urandom(200_000) + TERMINATOR
-    stream = sized_header(KIND_RAW, "big", False, len(payload)) + payload + encode_frame(
-        KIND_RAW, None, False, b"after"
+    stream = (
+        sized_header(KIND_RAW, "big", False, len(payload))
+        + payload
+        + encode_frame(KIND_RAW, None, False, b"after")
     )
     decoder = FrameDecoder()
     out = decoder.feed(stream[:100])
@@ -104,7 +106,7 @@ def closer():
 
 
 def test_large_messages_reach_hein_1_and_0_2_3_style_receivers_intact(closer):
-    """Above the threshold a hein 1 receiver gets sized frames, a 0.2.3-style reader escaped ones."""
+    """Above the threshold a hein 1 receiver gets sized frames, a 0.2.3-style one escaped ones."""
     t = closer.transmitter(5)
     got = Collector()
     r = closer.receiver(t.port, "modern", got)
