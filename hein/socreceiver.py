@@ -161,6 +161,11 @@ class SocReceiver:
     ``loopConnect``.
     """
 
+    #: For relays (``hein.bridge``), set on a subclass: ``process(frame, tag)`` then gets each
+    #: ``__jsn__`` and ``__raw__`` message undecoded, as a ``hein._framing.Frame`` (``kind``,
+    #: ``tag``, ``unpack``, ``payload``: the payload bytes as told).
+    _raw_frames = False
+
     def __init__(
         self,
         port: int,
@@ -629,6 +634,7 @@ class SocReceiver:
         sock.settimeout(_POLL)
         warnings = 0
         stats = self._stats
+        raw_frames = self._raw_frames
         silence: Optional[float] = None  # set once the transmitter announces heartbeats
         last_heard = time.monotonic()
         while not self._closing:
@@ -691,10 +697,10 @@ class SocReceiver:
                             self._sequence[2] += 1  # type: ignore[index]
                         if prefixes is not None and not (frame.tag or "").startswith(prefixes):
                             continue
-                    if kind == KIND_JSON:
-                        data: Any = (
-                            json_loads(frame.payload) if frame.unpack else Message(frame.payload)
-                        )
+                    if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
+                        data: Any = frame
+                    elif kind == KIND_JSON:
+                        data = json_loads(frame.payload) if frame.unpack else Message(frame.payload)
                     elif kind == KIND_RAW:
                         data = frame.payload
                     elif kind == KIND_PING:
