@@ -619,6 +619,48 @@ def json_loads(data: bytes) -> Any:
         raise ProtocolError("payload too deeply nested") from None
 
 
+class DecodeFailure:
+    """Stands for a payload :func:`json_loads_many` could not decode (``error`` says why)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+
+def json_loads_many(payloads: List[bytes]) -> List[Any]:
+    """Decode several payloads at once: the values, in order, with a :class:`DecodeFailure`
+    in place of each payload that is not valid extended JSON.
+
+    One JSON scan reads all of them (the per-call overhead is most of the cost of small
+    messages); if that scan fails, each payload is decoded on its own, so that one bad
+    payload costs only itself.
+    """
+    if len(payloads) > 1:
+        text = (b"[" + b",".join(payloads) + b"]").decode("latin-1")
+        try:
+            trees, end = _JSON_SCAN(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            trees, end = (), 0
+        if end == len(text) and len(trees) == len(payloads):
+            values: List[Any] = []
+            for tree in trees:
+                try:
+                    values.append(_decode(tree))
+                except ProtocolError as error:
+                    values.append(DecodeFailure(error))
+                except RecursionError:
+                    values.append(DecodeFailure(ProtocolError("payload too deeply nested")))
+            return values
+    values = []
+    for payload in payloads:
+        try:
+            values.append(json_loads(payload))
+        except ProtocolError as error:
+            values.append(DecodeFailure(error))
+    return values
+
+
 # ------------------------------------------------------------------------------- custom types
 
 

@@ -49,7 +49,7 @@ from ._handshake import (
     silence_limit,
 )
 from ._netutil import default_host
-from ._serializer import json_loads
+from ._serializer import DecodeFailure, json_loads_many
 from .core import Message, clean_tag
 from .errors import ProtocolError
 
@@ -679,6 +679,8 @@ class SocReceiver:
             last_ack = time.monotonic()
             stats["frames"] += len(frames)
             batch: List[Tuple[Optional[str], Any]] = []
+            to_decode: List[bytes] = []  # payloads of unpacked __jsn__ frames, decoded at once
+            decode_at: List[int] = []  # ... and their places in the batch
             told_to_die = False
             missed = 0
             prefixes = self._prefixes
@@ -700,7 +702,12 @@ class SocReceiver:
                     if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
                         data: Any = frame
                     elif kind == KIND_JSON:
-                        data = json_loads(frame.payload) if frame.unpack else Message(frame.payload)
+                        if frame.unpack:
+                            decode_at.append(len(batch))
+                            to_decode.append(frame.payload)
+                            batch.append((frame.tag, None))
+                            continue
+                        data = Message(frame.payload)
                     elif kind == KIND_RAW:
                         data = frame.payload
                     elif kind == KIND_PING:
@@ -727,6 +734,22 @@ class SocReceiver:
                         logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
                     continue
                 batch.append((frame.tag, data))
+            if to_decode:
+                failed = False
+                for index, value in zip(decode_at, json_loads_many(to_decode)):
+                    if type(value) is DecodeFailure:
+                        failed = True
+                        batch[index] = None  # type: ignore[call-overload]
+                        stats["bad_frames"] += 1
+                        warnings += 1
+                        if warnings <= MAX_WARNINGS_PER_CONNECTION:
+                            logger.warning(
+                                "%s %r: skipped a bad frame: %s", self, self.name, value.error
+                            )
+                    else:
+                        batch[index] = (batch[index][0], value)
+                if failed:
+                    batch = [item for item in batch if item is not None]
             if missed:
                 stats["missed"] += missed
                 try:
