@@ -1042,3 +1042,27 @@ def test_custom_encoder_must_return_str(registered):
     registered(Point, "P", lambda point: point.x, decode_point)
     with pytest.raises(TypeError):
         json_dumps(Point(1, 2))
+
+
+def test_json_loads_many_decodes_a_batch_and_isolates_bad_payloads():
+    from hein._serializer import DecodeFailure, json_loads_many
+
+    values = [{"i": i, "t": dt.datetime(2020, 1, 1, i, tzinfo=UTC)} for i in range(5)]
+    payloads = [json_dumps(v) for v in values]
+    assert json_loads_many(payloads) == values
+    assert json_loads_many(payloads[:1]) == values[:1]
+    broken = [*payloads[:2], b'{"x": "q:unknown"}', b"[not json", *payloads[2:]]
+    got = json_loads_many(broken)
+    assert [g for g in got if type(g) is not DecodeFailure] == values
+    assert [type(g) is DecodeFailure for g in got] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert all(isinstance(g.error, ProtocolError) for g in got if type(g) is DecodeFailure)
+    # payloads that are only valid JSON together are still refused one by one
+    assert [type(g) for g in json_loads_many([b'"u:a",', b'"u:b"'])] == [DecodeFailure, str]
