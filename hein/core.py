@@ -56,6 +56,13 @@ class Message:
         self._raw = bytes(raw)
         self._message: Any = _UNSET
 
+    @classmethod
+    def _decoded(cls, raw: bytes, value: Any) -> "Message":
+        """A Message whose payload was decoded already (by the receiver, which checks it)."""
+        message = cls(raw)
+        message._message = value
+        return message
+
     @property
     def raw(self) -> bytes:
         """The payload bytes."""

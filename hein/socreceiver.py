@@ -702,12 +702,13 @@ class SocReceiver:
                     if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
                         data: Any = frame
                     elif kind == KIND_JSON:
-                        if frame.unpack:
-                            decode_at.append(len(batch))
-                            to_decode.append(frame.payload)
-                            batch.append((frame.tag, None))
-                            continue
-                        data = Message(frame.payload)
+                        # decoded now, in one scan with the others of this read, also when
+                        # unpack is 0 (then wrapped in a Message): a payload that does not
+                        # decode is skipped here, never handed to user code
+                        decode_at.append(len(batch))
+                        to_decode.append(frame.payload)
+                        batch.append((frame.tag, None if frame.unpack else frame.payload))
+                        continue
                     elif kind == KIND_RAW:
                         data = frame.payload
                     elif kind == KIND_PING:
@@ -747,7 +748,10 @@ class SocReceiver:
                                 "%s %r: skipped a bad frame: %s", self, self.name, value.error
                             )
                     else:
-                        batch[index] = (batch[index][0], value)
+                        tag, raw_payload = batch[index]
+                        if raw_payload is not None:  # unpack=0: a Message, decoded already
+                            value = Message._decoded(raw_payload, value)
+                        batch[index] = (tag, value)
                 if failed:
                     batch = [item for item in batch if item is not None]
             if missed:

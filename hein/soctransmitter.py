@@ -322,6 +322,9 @@ class SocTransmitter:
         self._groups: collections.OrderedDict[Any, _Group] = collections.OrderedDict()
         self._epoch = ""
         self._tag_counts: collections.Counter[bytes] = collections.Counter()
+        self._inbox_bytes = 0  # bytes told but not yet taken by the loop thread
+        self._inbox_cond = threading.Condition(threading.Lock())
+        self._drained = 0
         if start:
             self.start()
 
@@ -372,6 +375,7 @@ class SocTransmitter:
             self._listeners = listeners
             self._waker = Waker()
             self._inbox = collections.deque()
+            self._inbox_bytes = 0
             self._callbacks = queue.SimpleQueue()
             self._epoch = os.urandom(8).hex()
             self._groups = collections.OrderedDict()
@@ -437,6 +441,8 @@ class SocTransmitter:
             self._inbox.append(("close",))
             assert self._waker is not None
             self._waker.wake()
+        with self._inbox_cond:  # producers waiting for room give up
+            self._inbox_cond.notify_all()
         current = threading.current_thread()
         if thread is not None and thread is not current:
             thread.join(CLOSE_TIMEOUT)
@@ -528,9 +534,16 @@ class SocTransmitter:
                     raise ValueError("%d tags have a retained value already" % MAX_RETAINED)
                 sizes[key] = size
                 self._retained_bytes = total
-            self._inbox.append(("retain", key, frame))
+            item: Any = ("retain", key, frame)
         else:
-            self._inbox.append(frame)
+            item = frame
+        with self._inbox_cond:
+            # a producer faster than the loop thread waits for it here (never on the
+            # network: the loop hands frames to the receivers' queues without blocking)
+            while self._inbox_bytes > self.max_queue_bytes and self._running:
+                self._inbox_cond.wait(0.1)
+            self._inbox_bytes += size
+            self._inbox.append(item)
         waker = self._waker
         if waker is not None:
             waker.wake()
@@ -617,12 +630,7 @@ class SocTransmitter:
         """The largest number of bytes waiting for one receiver: told but not yet handed to
         the kernel (use it to pace a producer; :meth:`flush` waits for zero)."""
         backlog = max((conn.queued for conn in list(self._registered_snapshot)), default=0)
-        for item in list(self._inbox):
-            if type(item) is tuple and item[0] == "retain":
-                item = item[2]
-            if type(item) is bytes or type(item) is _Big:
-                backlog += _size(item)
-        return backlog
+        return backlog + self._inbox_bytes
 
     # ------------------------------------------------------------------- deprecated senders
 
@@ -758,20 +766,32 @@ class SocTransmitter:
 
     def _drain_inbox(self, inbox: Deque[Any]) -> bool:
         """Move queued frames to every receiver; run commands. True when asked to stop."""
+        self._drained = 0
+        try:
+            return self._drain(inbox)
+        finally:
+            with self._inbox_cond:  # room again for producers waiting in _queue
+                self._inbox_bytes = max(0, self._inbox_bytes - self._drained)
+                self._inbox_cond.notify_all()
+
+    def _drain(self, inbox: Deque[Any]) -> bool:
         frames: List[bytes] = []
         stop = False
         while inbox:
             item = inbox.popleft()
             if type(item) is bytes:
+                self._drained += len(item)
                 frames.append(item)
                 continue
             if type(item) is _Big:
+                self._drained += item.size
                 if frames:
                     self._broadcast(frames)
                     frames = []
                 self._broadcast_big(item)
                 continue
             if item[0] == "retain":
+                self._drained += _size(item[2])
                 self._retain(item[1], item[2])
                 if type(item[2]) is bytes:
                     frames.append(item[2])

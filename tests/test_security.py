@@ -543,12 +543,6 @@ def test_tls_receiver_to_plain_transmitter_no_hang_nothing_delivered(closer, tls
     assert t.running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a plain transmitter reads the first 15 bytes of a TLS ClientHello as a name and "
-    "registers a receiver named b'\\x16\\x03\\x01...' (then drops it, with a WARNING, on every "
-    "retry)",
-)
 def test_tls_receiver_to_plain_transmitter_never_registered(closer, tls, logs):
     t = closer.transmitter()
     joined = Collector()
