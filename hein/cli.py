@@ -6,10 +6,13 @@ Subcommands (``hein COMMAND --help`` tells more about each)::
     hein tell PORT [--tag TAG] [--raw] [--wait-receivers N] [--timeout S] [MESSAGE ...]
     hein demo [--port PORT] [--timeout S]
     hein bench [ARGS ...]
+    hein bridge to-nats PORT [--nats URL] [--prefix P] [--name NAME] [auth and TLS options]
+    hein bridge from-nats PORT [--nats URL] [--subject S] [auth and TLS options]
 
-Exit status: 0 on success (and when ``listen`` is stopped by Ctrl-C), 1 on an error (a port
-in use, a transmitter that never answers, receivers that never come, ...), 2 on a usage error
-(an unknown option, a bad port, ...), 130 when ``tell``, ``demo`` or ``bench`` is interrupted.
+Exit status: 0 on success (and when ``listen`` or ``bridge`` is stopped by Ctrl-C), 1 on an
+error (a port in use, a transmitter that never answers, receivers that never come, ...), 2 on a
+usage error (an unknown option, a bad port, ...), 130 when ``tell``, ``demo`` or ``bench`` is
+interrupted.
 Errors are one line on standard error, ``hein: error: ...``, never a traceback.
 """
 
@@ -24,6 +27,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -826,6 +830,299 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+# --------------------------------------------------------------------------------- bridge
+
+#: Where ``hein bridge`` connects by default.
+_BRIDGE_NATS_URL = "nats://127.0.0.1:4222"
+#: Seconds between two checks that the bridge's thread still runs.
+_BRIDGE_POLL = 0.5
+
+
+def _import_bridge() -> Any:
+    """``hein.bridge``, imported only here: the rest of hein never imports nats-py."""
+    try:
+        from . import bridge
+    except ImportError as error:
+        raise CLIError("hein bridge needs nats-py: pip install 'hein[nats]' (%s)" % error) from None
+    return bridge
+
+
+def _nats_urls(values: Optional[List[str]]) -> List[str]:
+    urls = [url.strip() for value in values or [] for url in value.split(",") if url.strip()]
+    return urls or [_BRIDGE_NATS_URL]
+
+
+def _nats_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The NATS keywords of the bridges from the command line (credentials, TLS)."""
+    password = args.password if args.password is not None else os.environ.get("NATS_PASSWORD")
+    token = args.token if args.token is not None else os.environ.get("NATS_TOKEN")
+    if password is not None and args.user is None:
+        raise CLIError("--password (or $NATS_PASSWORD) needs --user", EXIT_USAGE)
+    if token is not None and args.user is not None:
+        raise CLIError("give --token or --user/--password, not both", EXIT_USAGE)
+    if args.creds is not None and not os.path.isfile(args.creds):
+        raise CLIError("--creds %s: no such file" % args.creds)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CLIError("--tls-cert and --tls-key go together", EXIT_USAGE)
+    context = None
+    if args.tls_ca or args.tls_cert:
+        try:
+            context = ssl.create_default_context(cafile=args.tls_ca)
+            if args.tls_cert:
+                context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise CLIError("TLS files: %s" % error) from None
+    return {
+        "user": args.user,
+        "password": password,
+        "token": token,
+        "creds": args.creds,
+        "tls": context,
+        "tls_hostname": args.tls_hostname,
+        "bridge_id": args.bridge_id,
+        "stats_interval": args.stats,
+    }
+
+
+def _run_bridge(make: Callable[[], Any], started: Callable[[Any], str]) -> int:
+    """Make the bridge, say so, and run it until Ctrl-C or SIGTERM (exit status 0)."""
+    waker = _SignalWaker()
+    bridge: Any = None
+    try:
+        waker.install()
+        try:
+            bridge = make()
+        except (TypeError, ValueError) as error:
+            raise CLIError(str(error)) from None
+        except OSError as error:
+            raise CLIError(error.strerror or str(error)) from None
+        _note(started(bridge))
+        announced = False
+        while not waker.signalled:
+            if not bridge.running:
+                raise CLIError("the bridge stopped (run with -v to see why)")
+            if not announced and bridge.connected:
+                announced = True
+                _note("connected to NATS at %s" % bridge.nats_url)
+            waker.wait(_BRIDGE_POLL)
+    finally:
+        if bridge is not None:
+            bridge.close()
+            counts = bridge.stats()
+            _note(
+                "bridge stopped: %s"
+                % ", ".join(
+                    "%s %d" % (key, counts[key])
+                    for key in ("received", "forwarded", "dropped", "lost", "missed", "reconnects")
+                    if key in counts
+                )
+            )
+        waker.close()
+    return EXIT_OK
+
+
+def cmd_bridge_to_nats(args: argparse.Namespace) -> int:
+    module = _import_bridge()
+    options = _nats_options(args)
+    urls = _nats_urls(args.nats)
+
+    def make() -> Any:
+        return module.HeinToNats(
+            args.port,
+            urls,
+            prefix=args.prefix,
+            name=args.name,
+            host=args.host,
+            tags=args.tag,
+            queue_size=args.queue_size,
+            **options,
+        )
+
+    def started(bridge: Any) -> str:
+        return "bridging the transmitter at %s:%d to NATS (%s) on %s.TAG as %r; Ctrl-C stops" % (
+            args.host,
+            args.port,
+            ", ".join(urls),
+            args.prefix,
+            args.name,
+        )
+
+    return _run_bridge(make, started)
+
+
+def cmd_bridge_from_nats(args: argparse.Namespace) -> int:
+    module = _import_bridge()
+    options = _nats_options(args)
+    urls = _nats_urls(args.nats)
+
+    def make() -> Any:
+        return module.NatsToHein(
+            urls,
+            subjects=args.subject or ["hein.>"],
+            port=args.port,
+            nreceivermax=args.max_receivers,
+            name=args.name,
+            host=list(args.host) if args.host else None,
+            allow_remote=args.allow_remote,
+            ignore_origins=args.ignore_origin or (),
+            **options,
+        )
+
+    def started(bridge: Any) -> str:
+        return "bridging NATS (%s) subjects %s to the receivers of port %d; Ctrl-C stops" % (
+            ", ".join(urls),
+            " ".join(bridge.subjects),
+            bridge.port,
+        )
+
+    return _run_bridge(make, started)
+
+
+def _add_nats_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="a NATS server URL (repeatable, or comma-separated: the cluster's servers, for "
+        "failover; tls://... for TLS; default: %s)" % _BRIDGE_NATS_URL,
+    )
+    parser.add_argument("--user", help="NATS user name")
+    parser.add_argument("--password", help="NATS password (or $NATS_PASSWORD)")
+    parser.add_argument("--token", help="NATS authentication token (or $NATS_TOKEN)")
+    parser.add_argument("--creds", metavar="FILE", help="a NATS .creds file (JWT and NKey)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA certificates to verify NATS with")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for NATS (TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
+    parser.add_argument("--tls-hostname", metavar="NAME", help="the name NATS's certificate has")
+    parser.add_argument(
+        "--name",
+        type=_name_type,
+        default="nats-bridge",
+        help="this bridge's name: its receiver name and NATS connection name "
+        "(default: nats-bridge)",
+    )
+    parser.add_argument(
+        "--bridge-id",
+        metavar="ID",
+        help="stamped on what this bridge publishes (Hein-Origin); a from-nats bridge drops "
+        "what carries its own id (default: HOST-PID-RANDOM)",
+    )
+    parser.add_argument(
+        "--stats",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds between two lines of counters, logged at debug level (-vv; default: 10)",
+    )
+
+
+def _add_bridge_parsers(sub: Any, verbose: argparse.ArgumentParser) -> None:
+    bridge = sub.add_parser(
+        "bridge",
+        formatter_class=_FORMATTER,
+        help="bridge a stream to or from NATS (needs pip install 'hein[nats]')",
+        description="Take a hein stream past one machine through NATS: 'to-nats' listens to a "
+        "transmitter as a receiver and publishes each message to NATS; 'from-nats' subscribes "
+        "to NATS and re-broadcasts each message to local receivers (hein 0.2.3 ones "
+        "included). Both reconnect by themselves; Ctrl-C (or SIGTERM) stops them with exit "
+        "status 0. See README 'Scaling past one machine'.",
+    )
+    bridges = bridge.add_subparsers(
+        dest="bridge_command", metavar="DIRECTION", parser_class=_Parser
+    )
+    bridge.set_defaults(func=lambda args: _usage(bridge))
+    to_nats = bridges.add_parser(
+        "to-nats",
+        parents=[verbose],
+        formatter_class=_FORMATTER,
+        help="publish a transmitter's messages to NATS",
+        description="Connect to the transmitter on PORT as receiver NAME and publish every "
+        "message to NATS on PREFIX.TAG (characters of the tag other than A-Z a-z 0-9 _ - as "
+        "~XX, e.g. 'temp.in' -> temp~2Ein; untagged messages on PREFIX.~untagged), the payload "
+        "unchanged, the kind and unpack flag in the headers Hein-Kind and Hein-Unpack.",
+        epilog="example:\n  hein bridge to-nats 50007 --nats nats://127.0.0.1:4222 --prefix hein",
+    )
+    to_nats.add_argument(
+        "port", metavar="PORT", type=_port_type(False), help="the transmitter's port"
+    )
+    to_nats.add_argument(
+        "--host", default="127.0.0.1", help="the transmitter's host (default: 127.0.0.1)"
+    )
+    to_nats.add_argument("--prefix", default="hein", help="the subject prefix (default: hein)")
+    to_nats.add_argument(
+        "--tag",
+        action="append",
+        metavar="PREFIX",
+        help="forward only the tags that start with PREFIX (repeatable; default: everything)",
+    )
+    to_nats.add_argument(
+        "--queue-size",
+        type=_count_type(1),
+        default=10000,
+        metavar="N",
+        help="messages the bridge holds while NATS is slow or away before it drops them "
+        "(default: 10000)",
+    )
+    _add_nats_options(to_nats)
+    to_nats.set_defaults(func=cmd_bridge_to_nats)
+
+    from_nats = bridges.add_parser(
+        "from-nats",
+        parents=[verbose],
+        formatter_class=_FORMATTER,
+        help="re-broadcast NATS messages to local receivers",
+        description="Subscribe to the NATS SUBJECTs and re-broadcast every message through a "
+        "transmitter on PORT, with the tag taken from the subject's last token and the kind "
+        "and unpack flag from the headers: receivers get what the remote tell() sent. NATS "
+        "messages without hein headers go out as raw messages.",
+        epilog="example:\n  hein bridge from-nats 50008 --nats nats://127.0.0.1:4222 "
+        "--subject 'hein.>'\n  hein listen 50008 --name far-away",
+    )
+    from_nats.add_argument(
+        "port",
+        metavar="PORT",
+        type=_port_type(True),
+        help="the port to transmit on (0: any free one, printed)",
+    )
+    from_nats.add_argument(
+        "--subject",
+        action="append",
+        metavar="SUBJECT",
+        help="a NATS subject to subscribe to, wildcards allowed (repeatable; default: hein.>)",
+    )
+    from_nats.add_argument(
+        "--host",
+        action="append",
+        metavar="HOST",
+        help="an address to listen on (repeatable; default: 127.0.0.1 and this machine's address)",
+    )
+    from_nats.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="accept receivers from other machines (default: this machine only)",
+    )
+    from_nats.add_argument(
+        "--max-receivers",
+        type=_count_type(1),
+        default=_TELL_MAX_RECEIVERS,
+        metavar="M",
+        help="the most receivers at once (default: %d)" % _TELL_MAX_RECEIVERS,
+    )
+    from_nats.add_argument(
+        "--ignore-origin",
+        action="append",
+        metavar="ID",
+        help="also drop what the bridge with this id published (repeatable)",
+    )
+    _add_nats_options(from_nats)
+    from_nats.set_defaults(func=cmd_bridge_from_nats)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
@@ -1036,6 +1333,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("args", metavar="ARGS", nargs="*", help="arguments for benchmarks/run.py")
     bench.set_defaults(func=cmd_bench)
+    _add_bridge_parsers(sub, verbose)
     return parser
 
 
