@@ -359,8 +359,8 @@ class _Bridge:
                 tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
                 for task in tasks:
                     task.cancel()
-                if tasks:
-                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                if tasks:  # bounded: a task may swallow its cancellation
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
@@ -424,8 +424,12 @@ class _Bridge:
         finally:
             stop.cancel()
         if not connect.done():
-            connect.cancel()
-            await asyncio.gather(connect, return_exceptions=True)
+            # nats-py may swallow one cancellation (while it closes a failed attempt): repeat
+            for _ in range(int(CLOSE_TIMEOUT / 0.05)):
+                connect.cancel()
+                await asyncio.wait({connect}, timeout=0.05)
+                if connect.done():
+                    break
             return False
         error = connect.exception()
         if error is not None:
