@@ -46,7 +46,20 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 try:
     import nats.errors as nats_errors
@@ -352,6 +365,8 @@ class _Bridge:
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._main())
+        except asyncio.CancelledError:  # pragma: no cover - a stray cancellation from nats-py
+            logger.debug("%s: bridge loop cancelled", self)
         except Exception:  # pragma: no cover - a bug: log it
             logger.exception("%s: bridge thread failed", self)
         finally:
@@ -443,7 +458,9 @@ class _Bridge:
         try:
             if not nc.is_closed:
                 await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT)
-        except Exception as error:  # never connected, or the server went away: nothing to do
+        except (Exception, asyncio.CancelledError) as error:
+            # never connected, or the server went away (nats-py may cancel its own close while
+            # it reconnects): nothing left to do
             logger.debug("%s: closing the NATS connection: %r", self, error)
 
     async def _serve(self, nc: NatsClient) -> None:
@@ -796,7 +813,7 @@ class HeinToNats(_Bridge):
             if self._pending:
                 await asyncio.wait_for(self._pump(nc, deadline), CLOSE_FLUSH)
             await nc.flush(1)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
             logger.debug("%s: final flush: %r", self, error)
 
     async def _pump(self, nc: NatsClient, deadline: Optional[float]) -> None:
@@ -810,6 +827,7 @@ class HeinToNats(_Bridge):
         subjects = self._subjects
         sequences = self._sequences
         publish = nc.publish
+        fast = self._publisher(nc) if _can_write_commands(nc) else None
         origin = self.bridge_id
         subject_of = self._subject_of
         while True:
@@ -833,13 +851,16 @@ class HeinToNats(_Bridge):
                 self._out_bytes += len(payload)
                 subject = subjects.get(frame.tag) or subject_of(frame.tag)
                 number = sequences.get(subject, 0) + 1
-                headers = {
-                    HEADER_KIND: _KIND_NAMES[frame.kind],
-                    HEADER_UNPACK: "1" if frame.unpack else "0",
-                    HEADER_ORIGIN: "%s %d" % (origin, number),
-                }
                 try:
-                    await publish(subject, payload, headers=headers)
+                    if fast is not None:
+                        await fast(subject, payload, frame.kind, frame.unpack, number)
+                    else:
+                        headers = {
+                            HEADER_KIND: _KIND_NAMES[frame.kind],
+                            HEADER_UNPACK: "1" if frame.unpack else "0",
+                            HEADER_ORIGIN: "%s %d" % (origin, number),
+                        }
+                        await publish(subject, payload, headers=headers)
                 except nats_errors.Error as error:
                     self._refused(error)
                     continue
@@ -854,6 +875,63 @@ class HeinToNats(_Bridge):
             await asyncio.sleep(0)  # let nats-py write and read
             if deadline is not None and time.monotonic() > deadline:
                 return
+
+    def _publisher(self, nc: NatsClient) -> Callable[..., Awaitable[None]]:
+        """A ``publish(subject, payload, kind, unpack, number)`` that writes the HPUB
+        command itself (NATS client protocol) into nats-py's outgoing buffer, as nats-py's own
+        ``publish`` does, with the same checks, and the headers block prepared once per kind
+        and unpack flag: about 1 us a message instead of 8 (nats-py encodes headers anew for
+        every message). Used when nats-py has the buffer this relies on (see
+        :func:`_can_write_commands`); otherwise the pump uses ``nc.publish``."""
+        blocks = {
+            (kind, unpack): (
+                "NATS/1.0\r\n%s: %s\r\n%s: %s\r\n%s: %s %%d\r\n\r\n"
+                % (
+                    HEADER_KIND,
+                    name,
+                    HEADER_UNPACK,
+                    "1" if unpack else "0",
+                    HEADER_ORIGIN,
+                    self.bridge_id.replace("%", "%%"),
+                )
+            ).encode("ascii")
+            for kind, name in _KIND_NAMES.items()
+            for unpack in (False, True)
+        }
+        encoded: Dict[str, bytes] = {}
+        stats = nc.stats
+
+        async def publish(
+            subject: str, payload: bytes, kind: bytes, unpack: bool, number: int
+        ) -> None:
+            if nc.is_closed:
+                raise nats_errors.ConnectionClosedError
+            if nc.is_draining_pubs:
+                raise nats_errors.ConnectionDrainingError
+            header = blocks[kind, unpack] % number
+            size = len(header) + len(payload)
+            if size > nc.max_payload:
+                raise nats_errors.MaxPayloadError
+            if not nc.is_connected and (
+                nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+            ):
+                raise nats_errors.OutboundBufferLimitError
+            name = encoded.get(subject)
+            if name is None:
+                if len(encoded) >= _CACHE_MAX:
+                    encoded.clear()
+                name = encoded[subject] = subject.encode("utf-8")
+            command = b"HPUB %s %d %d\r\n%s%s\r\n" % (name, len(header), size, header, payload)
+            stats["out_msgs"] += 1
+            stats["out_bytes"] += len(payload)
+            nc._pending.append(command)
+            nc._pending_data_size += len(command)
+            if 0 < nc._max_pending_size < nc._pending_data_size:
+                await nc._flush_pending(force_flush=True)
+            elif nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+
+        return publish
 
     def _subject_of(self, tag: Optional[str]) -> str:
         subjects = self._subjects
@@ -877,6 +955,24 @@ class HeinToNats(_Bridge):
 
     async def _after_reconnect(self) -> None:
         self._refusing = False
+
+
+def _can_write_commands(nc: NatsClient) -> bool:
+    """Whether this nats-py has the outgoing buffer that :meth:`HeinToNats._publisher` writes
+    into (nats-py 2.x does)."""
+    return all(
+        hasattr(nc, name)
+        for name in (
+            "_pending",
+            "_pending_data_size",
+            "_max_pending_size",
+            "_flush_queue",
+            "_flush_pending",
+            "stats",
+            "max_payload",
+            "is_draining_pubs",
+        )
+    ) and isinstance(getattr(nc, "_pending", None), list)
 
 
 def _is_local(host: str) -> bool:
