@@ -1,9 +1,13 @@
 """The self-pipe of the transmitter's loop thread: other threads wake it through a socketpair.
 
 Other threads never touch the loop's sockets: they queue work, then call :meth:`Waker.wake`.
-A flag keeps a burst of ``wake()`` calls down to one byte on the pipe: the loop clears it with
-:meth:`Waker.clear` *before* it looks at the queues, so a wake that comes after the clear always
-writes a byte and is never lost.
+A flag keeps a burst of ``wake()`` calls down to one byte on the pipe: the loop calls
+:meth:`Waker.clear` *before* it looks at the queues, and clear() empties the pipe *before* it
+resets the flag. So a wake() during clear() either finds the flag still set (and its work is in
+the queues the loop is about to read) or, once the flag is reset, writes a byte that stays in the
+pipe: a wake is never lost. (Resetting the flag first would let the pipe's draining eat the byte
+of a wake() that came in between, leaving the flag set with an empty pipe: every later wake()
+would be skipped, and the loop would sleep its full timeout.)
 """
 
 import socket
@@ -36,12 +40,12 @@ class Waker:
 
     def clear(self) -> None:
         """Called by the loop thread when it wakes, before it reads the queues."""
-        self._pending = False
         try:
             while self._reader.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._pending = False
 
     def close(self) -> None:
         """Close both ends (idempotent)."""
