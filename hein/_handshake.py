@@ -15,7 +15,7 @@ receiver never sends anything but ACKs, except its answer to an authentication c
 import hashlib
 import hmac
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._framing import ACK, KIND_PING, TERMINATOR, clean_tag, encode_frame
 from ._serializer import json_dumps, json_loads
@@ -23,6 +23,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "HELLO_PREFIX",
+    "check_authkey",
     "KIND_AUTH",
     "KIND_CONTROL",
     "KIND_SEQUENCE",
@@ -111,6 +112,21 @@ KIND_AUTH = b"__aut__"
 NONCE_SIZE = 32
 #: Largest authentication frame accepted, in bytes.
 MAX_AUTH_FRAME = 512
+
+
+def check_authkey(authkey: Any) -> Optional[bytes]:
+    """Validate an ``authkey`` argument: None, or non-empty bytes.
+
+    Raises:
+        TypeError: not bytes. ValueError: empty.
+    """
+    if authkey is None:
+        return None
+    if not isinstance(authkey, (bytes, bytearray)):
+        raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
+    if not authkey:
+        raise ValueError("authkey must not be empty")
+    return bytes(authkey)
 
 
 def new_nonce() -> bytes:

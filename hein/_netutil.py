@@ -2,6 +2,7 @@
 
 import ipaddress
 import socket
+import ssl
 from typing import Any, List, Optional, Tuple
 
 
@@ -59,3 +60,14 @@ def describe(address: Optional[Tuple[Any, ...]]) -> str:
         return "?"
     host, port = address[0], address[1]
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def check_ssl_context(context: Any) -> Optional[ssl.SSLContext]:
+    """Validate an ``ssl_context`` argument: None, or an ``ssl.SSLContext``.
+
+    Raises:
+        TypeError: anything else.
+    """
+    if context is not None and not isinstance(context, ssl.SSLContext):
+        raise TypeError("ssl_context must be an ssl.SSLContext")
+    return context

@@ -40,6 +40,7 @@ from ._handshake import (
     NONCE_SIZE,
     answer_frame,
     auth_digest,
+    check_authkey,
     control_frame,
     digests_match,
     hex_field,
@@ -48,7 +49,7 @@ from ._handshake import (
     parse_sequence,
     silence_limit,
 )
-from ._netutil import default_host
+from ._netutil import check_ssl_context, default_host
 from ._serializer import DecodeFailure, json_loads_many
 from .core import Message, clean_tag
 from .errors import ProtocolError
@@ -234,16 +235,8 @@ class SocReceiver:
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
         self.pull = bool(pull)
-        if authkey is not None:
-            if not isinstance(authkey, (bytes, bytearray)):
-                raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
-            if not authkey:
-                raise ValueError("authkey must not be empty")
-            authkey = bytes(authkey)
-        self._authkey = authkey
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError("ssl_context must be an ssl.SSLContext")
-        self.ssl_context = ssl_context
+        self._authkey = check_authkey(authkey)
+        self.ssl_context = check_ssl_context(ssl_context)
         self._prefixes = _check_tags(tags)
         self._send_lock = threading.Lock()  # the thread's ACKs and subscribe() from others
         self._control_sock: Optional[socket.socket] = None  # set when the peer reads controls

@@ -52,6 +52,7 @@ from ._handshake import (
     ReceiverBytes,
     auth_digest,
     challenge_frame,
+    check_authkey,
     digests_match,
     hello_frame,
     hex_field,
@@ -61,7 +62,7 @@ from ._handshake import (
     proof_frame,
     sequence_frame,
 )
-from ._netutil import describe, family_of, is_local_peer, local_bind_addresses
+from ._netutil import check_ssl_context, describe, family_of, is_local_peer, local_bind_addresses
 from ._serializer import json_dumps
 from ._wakeup import Waker
 from .errors import ProtocolError
@@ -283,16 +284,8 @@ class SocTransmitter:
             raise ValueError("max_pending must be a positive int, got %r" % (max_pending,))
         self.max_pending = max_pending
         self.allow_remote = bool(allow_remote)
-        if authkey is not None:
-            if not isinstance(authkey, (bytes, bytearray)):
-                raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
-            if not authkey:
-                raise ValueError("authkey must not be empty")
-            authkey = bytes(authkey)
-        self._authkey = authkey
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError("ssl_context must be an ssl.SSLContext")
-        self.ssl_context = ssl_context
+        self._authkey = check_authkey(authkey)
+        self.ssl_context = check_ssl_context(ssl_context)
         self._warned: Dict[Any, float] = {}
         if host is None:
             self._hosts = [""] if self.allow_remote else local_bind_addresses()

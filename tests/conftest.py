@@ -37,3 +37,21 @@ def no_leaks():
     if not leftover:
         names = [t.name for t in hein_threads() if t not in before]
         pytest.fail("hein threads left behind: %s" % names)
+
+
+@pytest.fixture
+def closer():
+    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
+    from helpers import Closer
+
+    with Closer() as c:
+        yield c
+
+
+@pytest.fixture
+def peers():
+    """Kills the child processes of a test (by process group), whatever happens."""
+    from helpers import Peers
+
+    with Peers() as p:
+        yield p

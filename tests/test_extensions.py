@@ -34,9 +34,7 @@ import pytest
 from helpers import (
     LOCALHOST,
     WAIT,
-    Closer,
     Collector,
-    Peers,
     assert_eventually,
     free_port,
     holds_for,
@@ -49,20 +47,6 @@ from hein import SocReceiver, SocTransmitter
 ACK = b"\x06"
 TERM = b"\xac\x96\xac\x96"
 LEGACY_KINDS = {b"__raw__", b"__jsn__", b"__png__"}
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    """Kills the child processes of a test (by process group), whatever happens."""
-    with Peers() as p:
-        yield p
 
 
 # ------------------------------------------------------------------------- wire helpers

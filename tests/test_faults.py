@@ -42,9 +42,7 @@ from fault_helpers import (
 from helpers import (
     LOCALHOST,
     WAIT,
-    Closer,
     Collector,
-    Peers,
     assert_eventually,
     free_port,
     hein_thread_names,
@@ -58,20 +56,6 @@ from hein import SocReceiver, json_dumps
 pytestmark = pytest.mark.faults
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    """Kills the child processes of a test (by process group), whatever happens."""
-    with Peers() as p:
-        yield p
 
 
 @pytest.fixture

@@ -18,9 +18,7 @@ import time
 
 import pytest
 from helpers import (
-    Closer,
     Collector,
-    Peers,
     assert_eventually,
     free_port,
     holds_for,
@@ -28,21 +26,6 @@ from helpers import (
 )
 
 from hein import Message
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    """Kills the child processes of a test (by process group), whatever happens."""
-    with Peers() as p:
-        yield p
-
 
 pytestmark = pytest.mark.legacy
 

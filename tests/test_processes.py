@@ -11,29 +11,12 @@ import time
 import pytest
 from helpers import (
     WAIT,
-    Closer,
     Collector,
-    Peers,
     assert_eventually,
     free_port,
     holds_for,
     wait_registered,
 )
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    """Kills the child processes of a test (by process group), whatever happens."""
-    with Peers() as p:
-        yield p
-
 
 pytestmark = pytest.mark.faults
 

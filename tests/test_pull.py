@@ -7,16 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import Closer, wait_for, wait_registered
-
-
-@pytest.fixture
-def closer():
-    c = Closer()
-    try:
-        yield c
-    finally:
-        c.close()
+from tests.helpers import wait_for, wait_registered
 
 
 def puller(closer, t, name="puller", **kwargs):

@@ -30,7 +30,6 @@ from helpers import (
     PEER_START_TIMEOUT,
     SCRIPTS_DIR,
     WAIT,
-    Closer,
     Collector,
     Peer,
     Peers,
@@ -51,20 +50,6 @@ TERMINATOR = b"\xac\x96\xac\x96"
 RAW_OVERHEAD = 7 + 3 + 4
 KEY = b"correct horse battery staple"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    """Kills the child processes of a test (by process group), whatever happens."""
-    with Peers() as p:
-        yield p
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from hein._framing import (
     sized_header,
 )
 from hein.core import json_dumps, json_loads
-from tests.helpers import Closer, Collector, wait_for, wait_registered
+from tests.helpers import Collector, wait_for, wait_registered
 
 
 def decode_all(stream, cuts, max_frame_size=1 << 20):
@@ -94,15 +94,6 @@ def test_sized_frame_over_the_limit_is_refused_before_it_is_read():
     with pytest.raises(FrameTooLarge):
         decoder.feed(b"__siz__:4097:")
     assert decoder.buffered == 0
-
-
-@pytest.fixture
-def closer():
-    c = Closer()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_large_messages_reach_hein_1_and_0_2_3_style_receivers_intact(closer):

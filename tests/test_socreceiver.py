@@ -15,7 +15,6 @@ import pytest
 from helpers import (
     LOCALHOST,
     WAIT,
-    Closer,
     Collector,
     assert_eventually,
     free_port,
@@ -26,14 +25,6 @@ from helpers import (
 )
 
 from hein import Message, SocReceiver
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
 
 ACK = b"\x06"
 TERMINATOR = b"\xac\x96\xac\x96"

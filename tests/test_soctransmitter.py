@@ -17,7 +17,6 @@ import pytest
 from helpers import (
     LOCALHOST,
     WAIT,
-    Closer,
     Collector,
     assert_eventually,
     hein_thread_names,
@@ -29,14 +28,6 @@ from helpers import (
 )
 
 from hein import Message, SocReceiver, SocTransmitter, json_dumps
-
-
-@pytest.fixture
-def closer():
-    """Closes the transmitters, receivers and sockets of a test, whatever happens."""
-    with Closer() as c:
-        yield c
-
 
 ACK = b"\x06"
 TERMINATOR = b"\xac\x96\xac\x96"
