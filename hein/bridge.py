@@ -38,6 +38,7 @@ loop through a bounded queue; a :class:`NatsToHein` has its transmitter's thread
 
 import asyncio
 import collections
+import inspect
 import logging
 import os
 import re
@@ -147,6 +148,8 @@ _NATS_CALLBACKS = (
     "discovered_server_cb",
 )
 
+_WHITESPACE = re.compile(r"\s")
+
 # ports of this process's NatsToHein transmitters (a HeinToNats refuses to listen to them)
 _local_transmitter_ports: Set[int] = set()
 
@@ -239,6 +242,49 @@ def _url_text(url: Any) -> str:
     if url is None:
         return "-"
     return "%s://%s:%s" % (url.scheme, url.hostname, url.port)
+
+
+# ------------------------------------------------------------------------- the NATS client
+
+
+def _parse_header_lines(raw: bytes) -> Dict[str, str]:
+    """What nats-py's ``Client._parse_header_lines`` returns for a header block, about twice
+    as fast (it looks for whitespace in each name one character at a time, in Python)."""
+    out: Dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _WHITESPACE.search(key):
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+def _has_header_parser() -> bool:
+    """Whether nats-py parses header blocks with the static method that _Client replaces."""
+    method = inspect.getattr_static(NatsClient, "_parse_header_lines", None)
+    if not isinstance(method, staticmethod):
+        return False
+    try:
+        return list(inspect.signature(method.__func__).parameters) == ["raw"]
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+class _Client(NatsClient):
+    """nats-py's client, with :func:`_parse_header_lines` for every message with headers
+    (every message a bridge publishes has three)."""
+
+    _parse_header_lines = staticmethod(_parse_header_lines)
+
+
+def _new_client() -> NatsClient:
+    return _Client() if _has_header_parser() else NatsClient()
 
 
 # ---------------------------------------------------------------------------- the base class
@@ -405,7 +451,7 @@ class _Bridge:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        nc = NatsClient()
+        nc = _new_client()
         self._nc = nc
         self._started.set()
         stats_task = (

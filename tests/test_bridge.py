@@ -623,3 +623,20 @@ def test_cli_usage_errors():
         proc = _hein(*args)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == code, (args, err)
+
+
+def test_the_bridge_header_parser_agrees_with_nats_py():
+    from nats.aio.client import Client
+
+    assert hein.bridge._has_header_parser()
+    assert isinstance(hein.bridge._new_client(), hein.bridge._Client)
+    blocks = [
+        b"Hein-Kind: json\r\nHein-Unpack: 1\r\nHein-Origin: host-1-ab 17\r\n\r\n",
+        b"A:b\r\nC:\tD \r\nno colon\r\n\r\n",
+        b"Bad Name: x\r\nTab\tName: y\r\nOk: v\xc3\xa9\r\n",
+        b"Caf\xc3\xa9: x\r\nEmpty:\r\n: nameless\r\nX: bad \xff utf-8\r\n",
+        b"Twice: 1\r\nTwice: 2\r\n",
+        b"",
+    ]
+    for raw in blocks:
+        assert hein.bridge._parse_header_lines(raw) == Client._parse_header_lines(raw), raw
