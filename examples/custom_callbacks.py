@@ -12,14 +12,17 @@ class Board(hein.SocTransmitter):
     """A transmitter that keeps a roll of who is listening."""
 
     def _newconnection(self, name):  # runs in the transmitter's callback thread
-        print("joined:", name)
+        print("joined:", name)  # (nothing else prints meanwhile: the receivers are quiet)
         joined.release()
 
-    def _dropped(self, name):
-        print("left:", name)
+    def _dropped(self, name):  # printed at the end: this thread runs beside the main one
+        left.append(name)
 
 
 class Logger(hein.SocReceiver):
+    def _newconnection(self):  # runs in the receiver's thread (default: print the socket)
+        pass
+
     def process(self, data, tag):  # runs in the receiver's thread, once per message
         print("%s got %r (tag %s)" % (self.name, data, tag))
         if data == "bye":
@@ -27,12 +30,15 @@ class Logger(hein.SocReceiver):
 
 
 joined = threading.Semaphore(0)
+left = []
 finished = threading.Event()
 with Board(0, 5) as board:
     with Logger(board.port, "logger", hostname="127.0.0.1"):
-        quiet = hein.SocReceiver(board.port, "counter", hostname="127.0.0.1")
+        quiet = hein.SocReceiver(board.port, "counter", hostname="127.0.0.1", connect=False)
         counts = {"n": 0}
         quiet.process = lambda data, tag: counts.__setitem__("n", counts["n"] + 1)
+        quiet._newconnection = lambda: None
+        quiet.connect()
         for _ in range(2):
             assert joined.acquire(timeout=10)
         board.tell({"a": 1}, tag="demo")
@@ -41,3 +47,4 @@ with Board(0, 5) as board:
         assert finished.wait(10)
         quiet.close()
     print("counter saw", counts["n"], "messages")
+print("left:", ", ".join(sorted(left)))

