@@ -27,7 +27,7 @@ async def main():
                 if len(received) == 5:
                     break
             await task
-            print("received ticks:", received)
+            print("received ticks: %s" % received)
 
 
 asyncio.run(main())

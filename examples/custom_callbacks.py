@@ -12,7 +12,7 @@ class Board(hein.SocTransmitter):
     """A transmitter that keeps a roll of who is listening."""
 
     def _newconnection(self, name):  # runs in the transmitter's callback thread
-        print("joined:", name)  # (nothing else prints meanwhile: the receivers are quiet)
+        print("joined: %s" % name)  # (nothing else prints meanwhile: the receivers are quiet)
         joined.release()
 
     def _dropped(self, name):  # printed at the end: this thread runs beside the main one
@@ -46,5 +46,5 @@ with Board(0, 5) as board:
         board.tell("bye")
         assert finished.wait(10)
         quiet.close()
-    print("counter saw", counts["n"], "messages")
-print("left:", ", ".join(sorted(left)))
+    print("counter saw %d messages" % counts["n"])
+print("left: %s" % ", ".join(sorted(left)))
