@@ -13,11 +13,12 @@ import hein
 
 inbox = queue.Queue()
 t = hein.SocTransmitter(0, 5)
-t._newconnection = lambda name: print("transmitter: hello", name)
+t._newconnection = lambda name: print("transmitter: hello %s" % name)
 port = t.port
-r = hein.SocReceiver(port, "app", hostname="127.0.0.1", connectWait=0.1)
+r = hein.SocReceiver(port, "app", hostname="127.0.0.1", connectWait=0.1, connect=False)
 r.process = lambda data, tag: inbox.put(data)
 r._newconnection = lambda: print("app: connected")
+r.connect()
 
 
 def wait_for(condition, timeout=10.0):
@@ -31,14 +32,15 @@ def wait_for(condition, timeout=10.0):
 try:
     wait_for(lambda: t.nreceivers == 1)
     t.tell("first")
-    print("app loop got:", inbox.get(timeout=10))
+    print("app loop got: %s" % inbox.get(timeout=10))
     t.close()  # the transmitter goes away...
     t = hein.SocTransmitter(port, 5)  # ...and comes back on the same port
-    t._newconnection = lambda name: print("transmitter: hello again", name)
+    t._newconnection = lambda name: print("transmitter: hello again %s" % name)
     wait_for(lambda: t.nreceivers == 1)
     t.tell("second")
-    print("app loop got:", inbox.get(timeout=10))
-    print("receiver stats:", {k: r.stats()[k] for k in ("connections", "reconnects", "messages")})
+    print("app loop got: %s" % inbox.get(timeout=10))
+    stats = r.stats()
+    print("receiver stats: %s" % {k: stats[k] for k in ("connections", "reconnects", "messages")})
 finally:
     r.close()
     t.close()

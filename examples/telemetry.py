@@ -51,4 +51,4 @@ if __name__ == "__main__":
         for child in children:
             child.join(10)
     for name in sorted(got):
-        print(name, got[name])
+        print("%s %s" % (name, got[name]))
