@@ -25,12 +25,13 @@ with hein.SocTransmitter(port=PORT, nreceivermax=5) as t:
 
         return process
 
-    with (
-        hein.SocReceiver(t.port, "Captain", hostname="127.0.0.1") as captain,
-        hein.SocReceiver(t.port, "Tennille", hostname="127.0.0.1") as tennille,
-    ):
-        captain.process = printer("Captain")
-        tennille.process = printer("Tennille")
+    captain = hein.SocReceiver(t.port, "Captain", hostname="127.0.0.1", connect=False)
+    tennille = hein.SocReceiver(t.port, "Tennille", hostname="127.0.0.1", connect=False)
+    with captain, tennille:
+        for receiver, who in ((captain, "Captain"), (tennille, "Tennille")):
+            receiver.process = printer(who)
+            receiver._newconnection = lambda: None  # (default: print the socket, as 0.2.3)
+            receiver.connect()
         for _ in range(2):
             assert registered.acquire(timeout=10), "a receiver did not connect"
         when = datetime.datetime(2017, 6, 1, 12, tzinfo=pytz.utc)
