@@ -826,6 +826,7 @@ def subscriber(cfg):
         timeout=not complete and mono() > cfg["deadline"],
         stalled=not complete and idle.stalled,
         stopped=commands.is_set("STOP"),
+        cpu_s=cpu_s(),
     )
     # wait to be told (so that a hein receiver does not reconnect-loop noisily), then leave
     commands.wait("STOP", cfg["deadline"] + 10)

@@ -234,6 +234,15 @@ class NatsServer:
                     raise RuntimeError("nats-server did not start") from None
                 time.sleep(0.02)
 
+    def cpu_s(self):
+        """CPU seconds (user + system) the server used so far, from /proc; None if unknown."""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -449,6 +458,7 @@ class Runner:
             for worker in workers:
                 worker.finish(3.0)
             if server is not None:
+                raw["nats_server_cpu_s"] = server.cpu_s()
                 server.stop()
             log.close()
             raw["elapsed_s"] = time.monotonic() - start
