@@ -30,6 +30,10 @@ written ``~XX`` (its code in two upper-case hex digits): ``"temp.in"`` is ``temp
 A NATS message without these headers (from any NATS client) reaches hein receivers as a raw
 message (bytes) tagged with the last token of its subject.
 
+Optional JetStream: ``HeinToNats(..., stream=NAME)`` makes sure a stream keeps ``PREFIX.>``;
+``NatsToHein(..., stream=NAME, durable=..., deliver=...)`` consumes from it (replay for late
+subscribers, resumption for durable consumers), acknowledging each message once told.
+
 Threads: each bridge runs nats-py in an asyncio event loop in its own daemon thread,
 ``hein-bridge-to-nats-NAME`` or ``hein-bridge-from-nats-NAME``, joined by ``close()``. A
 :class:`HeinToNats` also has its receiver's thread (``hein-rx-NAME``), which hands frames to the
@@ -64,8 +68,10 @@ from typing import (
 
 try:
     import nats.errors as nats_errors
+    import nats.js.errors as nats_js_errors
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
+    from nats.js.api import DeliverPolicy
 except ImportError as _error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "hein.bridge needs nats-py: pip install 'hein[nats]' (%s)" % _error
@@ -140,6 +146,12 @@ _BAD_PREFIX_TOKEN = re.compile(r"[\s*>]")
 _CACHE_MAX = 4096
 _SEQ_KEYS_MAX = 100000
 _PUBLISH_BATCH = 256
+_DELIVER_POLICIES = (
+    DeliverPolicy.ALL,
+    DeliverPolicy.NEW,
+    DeliverPolicy.LAST,
+    DeliverPolicy.LAST_PER_SUBJECT,
+)
 _NATS_CALLBACKS = (
     "error_cb",
     "disconnected_cb",
@@ -360,6 +372,8 @@ class _Bridge:
         self._close_lock = threading.Lock()
         self._errors_logged: Set[str] = set()
         self._connect_failures = 0
+        self.stream: Optional[str] = None  # a JetStream stream (set by the subclasses)
+        self.stream_config: Dict[str, Any] = {}
 
     # -------------------------------------------------------------------------- public
 
@@ -512,6 +526,33 @@ class _Bridge:
     async def _serve(self, nc: NatsClient) -> None:
         raise NotImplementedError
 
+    def _set_stream(self, stream: Optional[str], config: Optional[Dict[str, Any]]) -> None:
+        if stream is not None and (
+            not isinstance(stream, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", stream)
+        ):
+            raise ValueError("stream: a JetStream stream name, 1 to 255 of [A-Za-z0-9_-]")
+        self.stream = stream
+        self.stream_config = dict(config or {})
+
+    async def _ensure_stream(self, nc: NatsClient, subjects: Sequence[str]) -> bool:
+        """Make the JetStream stream ``self.stream`` for ``subjects`` unless it exists (an
+        existing stream is left as it is); True when it is there."""
+        if self.stream is None:
+            return True
+        js = nc.jetstream()
+        try:
+            try:
+                await js.stream_info(self.stream)
+            except nats_js_errors.NotFoundError:
+                await js.add_stream(name=self.stream, subjects=list(subjects), **self.stream_config)
+                logger.info(
+                    "%s: made the JetStream stream %s of %s", self, self.stream, ", ".join(subjects)
+                )
+        except nats_errors.Error as error:
+            await self._on_error(error)
+            return False
+        return True
+
     async def _finish(self, nc: NatsClient) -> None:
         """After :meth:`_serve` (or a failed connection), before the connection is closed."""
 
@@ -631,6 +672,9 @@ class HeinToNats(_Bridge):
         reconnect_time_wait: keyword-only; seconds between NATS reconnection attempts.
         stats_interval: keyword-only; seconds between statistics lines logged at DEBUG
             (None: never).
+        stream, stream_config: keyword-only; a JetStream stream to keep what is published on
+            ``PREFIX.>`` (made with ``stream_config``, e.g. ``{"max_age": 3600}``, when it does
+            not exist; an existing one is used as it is). Publishing stays NATS core.
         nats_options: any other keyword for ``nats.connect`` (``pending_size``,
             ``dont_randomize``, ...), except its callbacks.
 
@@ -670,6 +714,8 @@ class HeinToNats(_Bridge):
         tls_hostname: Optional[str] = None,
         reconnect_time_wait: float = DEFAULT_RECONNECT_WAIT,
         stats_interval: Optional[float] = DEFAULT_STATS_INTERVAL,
+        stream: Optional[str] = None,
+        stream_config: Optional[Dict[str, Any]] = None,
         **nats_options: Any,
     ) -> None:
         super().__init__(
@@ -687,6 +733,7 @@ class HeinToNats(_Bridge):
             nats_options,
         )
         self.prefix = _check_prefix(prefix)
+        self._set_stream(stream, stream_config)
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
         if isinstance(queue_bytes, bool) or not isinstance(queue_bytes, int) or queue_bytes < 1:
@@ -725,6 +772,7 @@ class HeinToNats(_Bridge):
         self._overflowing = False
         self._refusing = False
         self._subjects: Dict[Optional[str], str] = {}
+        self._stream_task: Optional[asyncio.Future[bool]] = None
         self._sequences: Dict[str, int] = {}
         self._counts.update(
             received=0, forwarded=0, dropped_full=0, dropped_nats=0, missed=0, hein_connections=0
@@ -848,6 +896,7 @@ class HeinToNats(_Bridge):
             self._wake.set()
 
     async def _serve(self, nc: NatsClient) -> None:
+        await self._ensure_stream(nc, [self.prefix + ".>"])
         self._nats_ready.set()
         await self._pump(nc, None)
 
@@ -1001,6 +1050,9 @@ class HeinToNats(_Bridge):
 
     async def _after_reconnect(self) -> None:
         self._refusing = False
+        nc = self._nc
+        if self.stream is not None and nc is not None:  # not in nats-py's callback: a task
+            self._stream_task = asyncio.ensure_future(self._ensure_stream(nc, [self.prefix + ".>"]))
 
 
 def _can_write_commands(nc: NatsClient) -> bool:
@@ -1055,6 +1107,17 @@ class NatsToHein(_Bridge):
             subscriptions (past them nats-py drops messages: a slow consumer, counted).
         max_backlog: keyword-only; most messages waiting in the transmitter before new ones
             are dropped (counted).
+        stream, stream_config: keyword-only; consume through JetStream from this stream
+            (made for ``subjects`` with ``stream_config`` when it does not exist), instead of
+            NATS core, from the moment a first receiver registers: each message is
+            acknowledged once told to the transmitter while it has receivers; one that
+            cannot be (no receiver: counted as ``held``; a full backlog) is left
+            unacknowledged, and JetStream redelivers it after its ack wait (30 s).
+        durable: keyword-only; with ``stream``, a durable consumer name: a bridge started
+            again with the same name resumes after the last message it acknowledged.
+        deliver: keyword-only; with ``stream``, where a new consumer starts: ``"all"`` (the
+            whole stream: replay for a late subscriber), ``"new"``, ``"last"``, or
+            ``"last_per_subject"`` (the last message of each tag).
         user, password, token, creds, tls, tls_hostname, reconnect_time_wait,
             stats_interval, nats_options: as for :class:`HeinToNats`.
 
@@ -1096,6 +1159,10 @@ class NatsToHein(_Bridge):
         tls_hostname: Optional[str] = None,
         reconnect_time_wait: float = DEFAULT_RECONNECT_WAIT,
         stats_interval: Optional[float] = DEFAULT_STATS_INTERVAL,
+        stream: Optional[str] = None,
+        stream_config: Optional[Dict[str, Any]] = None,
+        durable: Optional[str] = None,
+        deliver: str = "all",
         **nats_options: Any,
     ) -> None:
         super().__init__(
@@ -1113,6 +1180,19 @@ class NatsToHein(_Bridge):
             nats_options,
         )
         self.subjects = _check_subjects(subjects)
+        self._set_stream(stream, stream_config)
+        if durable is not None:
+            if self.stream is None:
+                raise ValueError("durable needs a stream (JetStream)")
+            if len(self.subjects) != 1 or not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", durable):
+                raise ValueError("durable: a consumer name of [A-Za-z0-9_-], for one subject")
+        try:
+            self.deliver = DeliverPolicy(deliver)
+        except ValueError:
+            raise ValueError("deliver must be all, new, last or last_per_subject") from None
+        if self.deliver not in _DELIVER_POLICIES:
+            raise ValueError("deliver must be all, new, last or last_per_subject")
+        self.durable = durable
         self.ignore_origins = frozenset([self.bridge_id, *ignore_origins])
         for label, value in (
             ("pending_msgs", pending_msgs),
@@ -1132,11 +1212,13 @@ class NatsToHein(_Bridge):
             dropped_bad=0,
             lost=0,
             ignored=0,
+            held=0,
         )
         self._headers: Dict[Tuple[bytes, Optional[str], bool], bytes] = {}
         self._tags: Dict[str, Optional[str]] = {}
         self._last_seq: Dict[Tuple[str, str], int] = {}
         self._dropping = False
+        self._have_receiver: Optional[asyncio.Event] = None
         self.transmitter = SocTransmitter(
             port,
             nreceivermax,
@@ -1201,6 +1283,12 @@ class NatsToHein(_Bridge):
 
     def _hello(self, name: str) -> None:
         logger.info("%s: receiver %r registered", self, name)
+        loop, event = self._loop, self._have_receiver
+        if event is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _goodbye(self, name: str) -> None:
         logger.info("%s: receiver %r left", self, name)
@@ -1220,6 +1308,9 @@ class NatsToHein(_Bridge):
 
     async def _serve(self, nc: NatsClient) -> None:
         assert self._stop is not None
+        if self.stream is not None:
+            await self._serve_jetstream(nc)
+            return
         for subject in self.subjects:
             await nc.subscribe(
                 subject,
@@ -1235,7 +1326,73 @@ class NatsToHein(_Bridge):
         logger.info("%s: subscribed to %s", self, ", ".join(self.subjects))
         await self._stop.wait()
 
+    async def _serve_jetstream(self, nc: NatsClient) -> None:
+        """Subscribe through JetStream (retrying until the stream and consumer can be had)."""
+        assert self._stop is not None
+        stop = self._stop
+        # acknowledge only what reaches a receiver: consume once one is registered
+        have_receiver = self._have_receiver = asyncio.Event()
+        if self.transmitter.nreceivers:
+            have_receiver.set()
+        waiting = asyncio.ensure_future(have_receiver.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        stopping.cancel()
+        while not stop.is_set():
+            if await self._ensure_stream(nc, self.subjects):
+                try:
+                    js = nc.jetstream()
+                    for subject in self.subjects:
+                        await js.subscribe(
+                            subject,
+                            cb=self._on_jetstream_message,
+                            durable=self.durable,
+                            stream=self.stream,
+                            manual_ack=True,
+                            deliver_policy=self.deliver,
+                            pending_msgs_limit=self.pending_msgs,
+                            pending_bytes_limit=self.pending_bytes,
+                        )
+                    break
+                except nats_errors.Error as error:
+                    await self._on_error(error)
+            try:
+                await asyncio.wait_for(stop.wait(), max(1.0, self._retry_wait()))
+            except asyncio.TimeoutError:
+                pass
+        else:
+            return
+        self._nats_ready.set()
+        logger.info(
+            "%s: consuming %s from the JetStream stream %s%s",
+            self,
+            ", ".join(self.subjects),
+            self.stream,
+            " as %s" % self.durable if self.durable else "",
+        )
+        await stop.wait()
+
+    def _retry_wait(self) -> float:
+        return float(self._nats_options["reconnect_time_wait"])
+
+    async def _on_jetstream_message(self, msg: Msg) -> None:
+        if not self.transmitter.nreceivers:  # nobody to tell: JetStream redelivers it later
+            self._counts["held"] += 1
+            return
+        if self._handle(msg, False):
+            try:
+                await msg.ack()
+            except nats_errors.Error as error:
+                logger.debug("%s: ack: %r", self, error)
+
     async def _on_message(self, msg: Msg) -> None:
+        self._handle(msg, True)
+
+    def _handle(self, msg: Msg, numbered: bool) -> bool:
+        """Tell one NATS message to the transmitter; False when it could not be told for now
+        (the transmitter's backlog is full, or it is not running), True otherwise (told, ours,
+        or not a message hein can tell)."""
         counts = self._counts
         counts["received"] += 1
         subject = msg.subject
@@ -1248,8 +1405,8 @@ class NatsToHein(_Bridge):
                 origin, _, number = stamp.partition(" ")
                 if origin in self.ignore_origins:
                     counts["ignored"] += 1
-                    return
-                if number:
+                    return True
+                if number and numbered:
                     self._check_sequence(origin, subject, number)
             name = headers.get(HEADER_KIND)
             if name == "json":
@@ -1258,7 +1415,7 @@ class NatsToHein(_Bridge):
             elif name is not None and name != "raw":
                 counts["dropped_bad"] += 1
                 logger.debug("%s: unknown %s %r on %s", self, HEADER_KIND, name, subject)
-                return
+                return True
         tags = self._tags
         if subject in tags:
             tag = tags[subject]
@@ -1272,14 +1429,14 @@ class NatsToHein(_Bridge):
             if not self._dropping:
                 self._dropping = True
                 logger.warning("%s: the transmitter is not keeping up: dropping messages", self)
-            return
+            return False
         self._dropping = False
         payload = msg.data
         try:
             if kind == KIND_RAW:
                 if not transmitter.tell_raw(payload, tag):
                     counts["dropped_bad"] += 1
-                    return
+                    return True
             else:
                 key = (kind, tag, unpack)
                 header = self._headers.get(key)
@@ -1291,8 +1448,9 @@ class NatsToHein(_Bridge):
         except ValueError as error:  # larger than max_queue_bytes
             counts["dropped_full"] += 1
             logger.warning("%s: message on %s dropped: %s", self, subject, error)
-            return
+            return True
         counts["forwarded"] += 1
+        return True
 
     def _check_sequence(self, origin: str, subject: str, text: str) -> None:
         try:

@@ -935,6 +935,7 @@ def cmd_bridge_to_nats(args: argparse.Namespace) -> int:
             host=args.host,
             tags=args.tag,
             queue_size=args.queue_size,
+            stream=args.stream,
             **options,
         )
 
@@ -965,6 +966,9 @@ def cmd_bridge_from_nats(args: argparse.Namespace) -> int:
             host=list(args.host) if args.host else None,
             allow_remote=args.allow_remote,
             ignore_origins=args.ignore_origin or (),
+            stream=args.stream,
+            durable=args.durable,
+            deliver=args.deliver,
             **options,
         )
 
@@ -1063,6 +1067,11 @@ def _add_bridge_parsers(sub: Any, verbose: argparse.ArgumentParser) -> None:
         help="messages the bridge holds while NATS is slow or away before it drops them "
         "(default: 10000)",
     )
+    to_nats.add_argument(
+        "--stream",
+        metavar="NAME",
+        help="keep what is published in this JetStream stream (made for PREFIX.> if missing)",
+    )
     _add_nats_options(to_nats)
     to_nats.set_defaults(func=cmd_bridge_to_nats)
 
@@ -1113,6 +1122,23 @@ def _add_bridge_parsers(sub: Any, verbose: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID",
         help="also drop what the bridge with this id published (repeatable)",
+    )
+    from_nats.add_argument(
+        "--stream",
+        metavar="NAME",
+        help="consume through JetStream from this stream (made for the subjects if missing), "
+        "once a first receiver is registered; messages are acknowledged once told",
+    )
+    from_nats.add_argument(
+        "--durable",
+        metavar="NAME",
+        help="with --stream: a durable consumer, which resumes where it left off",
+    )
+    from_nats.add_argument(
+        "--deliver",
+        choices=["all", "new", "last", "last_per_subject"],
+        default="all",
+        help="with --stream: where a new consumer starts (default: all, the whole stream)",
     )
     _add_nats_options(from_nats)
     from_nats.set_defaults(func=cmd_bridge_from_nats)

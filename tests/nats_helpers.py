@@ -25,7 +25,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-from helpers import LOCALHOST, free_port, wait_for
+from helpers import LOCALHOST, wait_for
 
 #: Bound on a server's start, in seconds.
 START_TIMEOUT = 15.0
@@ -48,12 +48,13 @@ def nats_server_binary() -> str:
 class NatsServer:
     """One nats-server process on 127.0.0.1, stopped by its pid."""
 
-    def __init__(self, name: str = "n", cluster: bool = False) -> None:
+    def __init__(self, name: str = "n", cluster: bool = False, jetstream: bool = False) -> None:
         self.name = name
-        self.port = free_port()
-        self.cluster_port = free_port() if cluster else None
-        self.monitor_port = free_port() if cluster else None
+        self.store_dir = tempfile.mkdtemp(prefix="hein-nats-js-") if jetstream else None
+        self.cluster = cluster
+        self._pick_ports()
         self.routes: List[int] = []
+        self.started = False
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._log = tempfile.TemporaryFile()
 
@@ -63,6 +64,8 @@ class NatsServer:
 
     def argv(self) -> List[str]:
         argv = [nats_server_binary(), "-a", LOCALHOST, "-p", str(self.port), "-n", self.name]
+        if self.store_dir is not None:
+            argv += ["-js", "-sd", self.store_dir]
         if self.cluster_port is not None:
             argv += [
                 "--cluster",
@@ -79,27 +82,44 @@ class NatsServer:
                 ]
         return argv
 
+    def _pick_ports(self) -> None:
+        ports = free_ports(3 if self.cluster else 1)
+        self.port = ports[0]
+        self.cluster_port = ports[1] if self.cluster else None
+        self.monitor_port = ports[2] if self.cluster else None
+
     def start(self) -> "NatsServer":
-        """Start (again), and wait until it accepts a client connection."""
+        """Start (again), and wait until it accepts a client connection.
+
+        Raises:
+            PortTaken: on a first start, another process took one of its ports meanwhile
+                (pick new ones with :meth:`_pick_ports` and start again).
+        """
         assert self.proc is None or self.proc.poll() is not None
+        self._log.seek(0)
+        self._log.truncate()
         self.proc = subprocess.Popen(
             self.argv(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
-        if not wait_for(self._accepts, START_TIMEOUT, interval=0.01):
-            self.stop()
-            pytest.fail("nats-server %s did not start; its log:\n%s" % (self.name, self.log()))
-        return self
+        state = wait_for(self._state, START_TIMEOUT, interval=0.01)
+        if state == "up":
+            self.started = True
+            return self
+        self.stop()
+        if state == "exited" and "address already in use" in self.log() and not self.started:
+            raise PortTaken(self.name)
+        pytest.fail("nats-server %s did not start; its log:\n%s" % (self.name, self.log()))
 
-    def _accepts(self) -> bool:
+    def _state(self) -> Optional[str]:
         import socket
 
         if self.proc is not None and self.proc.poll() is not None:
-            pytest.fail("nats-server %s exited; its log:\n%s" % (self.name, self.log()))
+            return "exited"
         try:
             socket.create_connection((LOCALHOST, self.port), timeout=0.5).close()
         except OSError:
-            return False
-        return True
+            return None
+        return "up"
 
     def stop(self) -> None:
         """SIGKILL it by pid (as a crash would) and reap it; idempotent."""
@@ -136,10 +156,53 @@ class NatsServer:
     def close(self) -> None:
         self.stop()
         self._log.close()
+        if self.store_dir is not None:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+class PortTaken(Exception):
+    """A free port was taken by another process before nats-server could bind it."""
+
+
+def free_ports(count: int) -> List[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOCALHOST, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_server(name: str = "n", jetstream: bool = False) -> NatsServer:
+    """A started server (new ports when another process took one meanwhile)."""
+    server = NatsServer(name, jetstream=jetstream)
+    for _ in range(3):
+        try:
+            return server.start()
+        except PortTaken:
+            server._pick_ports()
+    return server.start()
 
 
 def start_cluster(names: Sequence[str]) -> List[NatsServer]:
     """Servers joined by routes (each lists every other), started, the mesh complete."""
+    for attempt in range(3):
+        try:
+            return _start_cluster(names)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster(names: Sequence[str]) -> List[NatsServer]:
     servers = [NatsServer(name, cluster=True) for name in names]
     for server in servers:
         server.routes = [other.cluster_port for other in servers if other is not server]  # type: ignore[misc]

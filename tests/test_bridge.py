@@ -31,7 +31,7 @@ from helpers import (
     wait_for,
     wait_registered,
 )
-from nats_helpers import NatsProbe, NatsServer, start_cluster
+from nats_helpers import NatsProbe, NatsServer, start_cluster, start_server
 from test_legacy_codec import SPECIAL_BYTES, SPECIAL_TEXT, ZONED, ZONED_TIMES
 from test_legacy_interop import VALUES as LEGACY_VALUES
 from test_serializer import BIG_INTS, NASTY_BYTES, NASTY_TEXT, assert_same
@@ -123,7 +123,7 @@ def peers():
 
 @pytest.fixture
 def nats_server():
-    server = NatsServer("solo").start()
+    server = start_server("solo")
     try:
         yield server
     finally:
@@ -522,6 +522,73 @@ def test_cluster_failover_when_the_publishing_server_dies(closer):
         ),
     )
     assert chain.inn.stats()["nats_reconnects"] == 0  # C never went away
+
+
+# ------------------------------------------------------------------------------ JetStream
+
+
+def test_jetstream_replays_to_a_late_subscriber_and_a_durable_one_resumes(closer):
+    server = closer.add(start_server("js", jetstream=True))
+    t = closer.transmitter(5)
+    out = closer.add(
+        HeinToNats(t.port, server.url, host=LOCALHOST, stream="HEIN", connectWait=0.05, **FAST)
+    )
+    assert out.wait_ready(10)
+    for i in range(5):  # nobody listens yet: the stream keeps them
+        t.tell({"i": i, "when": ZONED[0]}, tag="a.b")
+    t.tell_raw(b"raw", tag="c")
+    assert_eventually(lambda: out.stats()["forwarded"] == 6, message=out.stats)
+
+    def late_bridge(name):
+        """A durable consumer's bridge and a receiver (the server may still see the last
+        bridge's subscription for a moment: try again until it binds)."""
+        deadline = time.monotonic() + 10
+        while True:
+            inn = NatsToHein(server.url, stream="HEIN", durable="late", port=0, **FAST)
+            got = Collector()
+            receiver = receiver_of(inn.port, name, got)
+            if inn.wait_ready(3) or time.monotonic() > deadline:
+                break
+            receiver.close()
+            inn.close()
+        closer.add(inn)
+        closer.add(receiver)
+        assert inn.wait_ready(0), inn.stats()
+        return inn, receiver, got
+
+    def receiver_of(port, name, process):
+        receiver = hein.SocReceiver(port, name, connect=False, connectWait=0.05, hostname=LOCALHOST)
+        receiver.process = process
+        receiver._newconnection = lambda: None
+        receiver.connect()
+        return receiver
+
+    inn, receiver, got = late_bridge("late")
+    items = got.wait_for_count(6)
+    for i, (data, tag) in enumerate(items[:5]):
+        assert tag == "a.b"
+        assert_same(data, {"i": i, "when": ZONED[0]})
+    assert items[5] == (b"raw", "c")
+    assert inn.stats()["forwarded"] == 6
+    receiver.close()
+    inn.close()
+    for i in range(5, 8):  # told while the durable consumer's bridge is away
+        t.tell({"i": i}, tag="a.b")
+    assert_eventually(lambda: out.stats()["forwarded"] == 9, message=out.stats)
+    inn, receiver, got = late_bridge("late-again")
+    assert [data for data, _ in got.wait_for_count(3)] == [{"i": 5}, {"i": 6}, {"i": 7}]
+    assert holds_for(lambda: got.count == 3, 0.3)  # nothing acknowledged came back
+
+
+def test_jetstream_arguments():
+    with pytest.raises(ValueError):
+        NatsToHein("nats://127.0.0.1:1", durable="d")  # no stream
+    with pytest.raises(ValueError):
+        NatsToHein("nats://127.0.0.1:1", stream="a.b")
+    with pytest.raises(ValueError):
+        NatsToHein("nats://127.0.0.1:1", stream="S", deliver="by_start_time")
+    with pytest.raises(ValueError):
+        NatsToHein("nats://127.0.0.1:1", stream="S", durable="d", subjects=["a.>", "b.>"])
 
 
 # ----------------------------------------------------------------------- lifecycle, logging
