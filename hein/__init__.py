@@ -9,7 +9,7 @@ import logging
 
 from ._version import __version__
 from .core import Message, clean_tag, json_dumps, json_loads, register_type, unregister_type
-from .errors import AuthenticationError, FrameTooLarge, HeinError, ProtocolError
+from .errors import FrameTooLarge, HeinError, ProtocolError
 from .socreceiver import SocReceiver
 from .soctransmitter import ReceiverInfo, SocTransmitter
 
@@ -17,7 +17,6 @@ logging.getLogger("hein").addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
-    "AuthenticationError",
     "FrameTooLarge",
     "HeinError",
     "Message",

@@ -23,6 +23,3 @@ class FrameTooLarge(ProtocolError):
     The stream it came from cannot be resynchronised: the connection must be closed.
     """
 
-
-class AuthenticationError(HeinError):
-    """The peer failed the ``authkey`` challenge, or refused ours."""
