@@ -50,6 +50,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import (
     Any,
@@ -240,9 +241,17 @@ def _check_subjects(subjects: Union[str, Iterable[str]]) -> List[str]:
 def _check_servers(servers: Union[str, Sequence[str]]) -> List[str]:
     if isinstance(servers, str):
         servers = [part.strip() for part in servers.split(",")]
-    urls = [str(url) for url in servers if str(url).strip()]
+    urls = [str(url).strip() for url in servers if str(url).strip()]
     if not urls:
         raise ValueError("give at least one NATS server URL")
+    for url in urls:
+        parsed = urllib.parse.urlparse(url if "://" in url else "nats://" + url)
+        try:
+            parsed.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise ValueError("NATS server URL %r: bad port" % url) from None
+        if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
+            raise ValueError("NATS server URL %r: want nats://HOST:PORT (or tls://, ws://)" % url)
     return urls
 
 

@@ -226,6 +226,9 @@ def test_bad_arguments_are_refused(closer):
         HeinToNats(1234, "nats://127.0.0.1:1", error_cb=None)
     with pytest.raises(ValueError):
         HeinToNats(1234, "nats://127.0.0.1:1", bridge_id="has space")
+    for url in ("nats://127.0.0.1:notaport", "http://127.0.0.1:4222", "nats://:4222"):
+        with pytest.raises(ValueError, match="URL"):
+            NatsToHein(url)
 
 
 def test_core_never_imports_nats():
