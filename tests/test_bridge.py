@@ -417,6 +417,16 @@ def test_a_burst_larger_than_the_queue_is_held_back_not_dropped(closer, nats_ser
     assert chain.out.stats()["dropped"] == 0
 
 
+def test_a_message_over_max_payload_is_dropped_and_counted(closer, nats_server):
+    chain = Chain(closer, nats_server.url, nats_server.url)
+    assert chain.t.tell_raw(os.urandom(2 * 1024 * 1024), tag="huge")  # server max: 1 MiB
+    chain.t.tell("after", tag="small")
+    assert chain.got.wait_for_count(1) == [("after", "small")]
+    stats = chain.out.stats()
+    assert (stats["dropped_nats"], stats["dropped"], stats["forwarded"]) == (1, 1, 1)
+    assert chain.out.connected  # NATS was not disturbed
+
+
 # ---------------------------------------------------------------------------------- faults
 
 
