@@ -22,9 +22,7 @@ import pytest
 from helpers import (
     LOCALHOST,
     REPO_ROOT,
-    Closer,
     Collector,
-    Peers,
     assert_eventually,
     free_port,
     holds_for,
@@ -107,18 +105,6 @@ CORPUS = [
 
 #: Fast reconnection for the tests.
 FAST = {"reconnect_time_wait": 0.05, "stats_interval": None}
-
-
-@pytest.fixture
-def closer():
-    with Closer() as c:
-        yield c
-
-
-@pytest.fixture
-def peers():
-    with Peers() as p:
-        yield p
 
 
 @pytest.fixture
