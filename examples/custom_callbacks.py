@@ -36,7 +36,13 @@ with Board(0, 5) as board:
     with Logger(board.port, "logger", hostname="127.0.0.1"):
         quiet = hein.SocReceiver(board.port, "counter", hostname="127.0.0.1", connect=False)
         counts = {"n": 0}
-        quiet.process = lambda data, tag: counts.__setitem__("n", counts["n"] + 1)
+        counted = threading.Semaphore(0)
+
+        def count(data, tag):  # a plain function assigned to the instance
+            counts["n"] += 1
+            counted.release()
+
+        quiet.process = count
         quiet._newconnection = lambda: None
         quiet.connect()
         for _ in range(2):
@@ -45,6 +51,8 @@ with Board(0, 5) as board:
         board.tell([1, 2, 3], unpack=False)  # the receiver gets a hein.Message
         board.tell("bye")
         assert finished.wait(10)
+        for _ in range(3):
+            assert counted.acquire(timeout=10)
         quiet.close()
     print("counter saw %d messages" % counts["n"])
 print("left: %s" % ", ".join(sorted(left)))

@@ -22,4 +22,3 @@ class FrameTooLarge(ProtocolError):
 
     The stream it came from cannot be resynchronised: the connection must be closed.
     """
-
