@@ -572,10 +572,16 @@ def _decode(node: Any) -> Any:
         decoders = _DECODERS
         for key, item in node.items():
             if type(item) is str:
-                leaf_decoder = decoders.get(item[:2])
-                if leaf_decoder is None:
-                    raise ProtocolError("unknown type code in leaf %r" % item[:20])
-                value = leaf_decoder(item[2:])
+                # ASCII text inline (a function call costs as much as the work)
+                value: Any
+                code = item[:2]
+                if code == "u:" and item.isascii():
+                    value = item[2:]
+                else:
+                    leaf_decoder = decoders.get(code)
+                    if leaf_decoder is None:
+                        raise ProtocolError("unknown type code in leaf %r" % item[:20])
+                    value = leaf_decoder(item[2:])
             else:
                 value = _decode(item)
             out[key if key.isascii() else _decode_key(key)] = value

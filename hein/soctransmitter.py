@@ -93,6 +93,10 @@ CLOSE_TIMEOUT = 2.0
 DIE_GRACE = 0.5
 
 _SEND_CHUNK = 4 * 1024 * 1024
+# After a drain of at least LINGER_AFTER messages, the loop waits up to LINGER seconds for more
+# without asking producers to wake it.
+LINGER_AFTER = 4
+LINGER = 0.0002
 _TIMER_PERIOD = 0.05
 _PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
 _DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
@@ -316,8 +320,11 @@ class SocTransmitter:
         self._epoch = ""
         self._tag_counts: collections.Counter[bytes] = collections.Counter()
         self._inbox_bytes = 0  # bytes told but not yet taken by the loop thread
-        self._inbox_cond = threading.Condition(threading.Lock())
+        self._inbox_lock = threading.Lock()
+        self._room = threading.Event()  # set while the inbox is under max_queue_bytes
+        self._room.set()
         self._drained = 0
+        self._drained_items = 0  # items the last drain took (a burst makes the loop linger)
         if start:
             self.start()
 
@@ -434,8 +441,7 @@ class SocTransmitter:
             self._inbox.append(("close",))
             assert self._waker is not None
             self._waker.wake()
-        with self._inbox_cond:  # producers waiting for room give up
-            self._inbox_cond.notify_all()
+        self._room.set()  # producers waiting for room give up
         current = threading.current_thread()
         if thread is not None and thread is not current:
             thread.join(CLOSE_TIMEOUT)
@@ -530,13 +536,17 @@ class SocTransmitter:
             item: Any = ("retain", key, frame)
         else:
             item = frame
-        with self._inbox_cond:
+        lock = self._inbox_lock
+        while True:
+            with lock:
+                if self._inbox_bytes <= self.max_queue_bytes or not self._running:
+                    self._inbox_bytes += size
+                    self._inbox.append(item)
+                    break
+                self._room.clear()
             # a producer faster than the loop thread waits for it here (never on the
             # network: the loop hands frames to the receivers' queues without blocking)
-            while self._inbox_bytes > self.max_queue_bytes and self._running:
-                self._inbox_cond.wait(0.1)
-            self._inbox_bytes += size
-            self._inbox.append(item)
+            self._room.wait(0.1)
         waker = self._waker
         if waker is not None:
             waker.wake()
@@ -703,7 +713,17 @@ class SocTransmitter:
                     if self._next_timers
                     else _TIMER_PERIOD
                 )
-                events = selector.select(timeout if not inbox else 0)
+                if inbox:
+                    events = selector.select(0)
+                elif self._drained_items >= LINGER_AFTER:
+                    # a burst: gather what comes next for a moment rather than have every
+                    # tell() pay a system call to wake us (latency at low rates is unchanged)
+                    events = selector.select(min(timeout, LINGER))
+                else:
+                    waker.arm()  # from here on producers write a byte to wake us
+                    events = selector.select(timeout if not inbox else 0)
+                    waker.disarm()
+                self._drained_items = 0
                 for key, mask in events:
                     data = key.data
                     if data is None:
@@ -763,13 +783,16 @@ class SocTransmitter:
         try:
             return self._drain(inbox)
         finally:
-            with self._inbox_cond:  # room again for producers waiting in _queue
+            with self._inbox_lock:
                 self._inbox_bytes = max(0, self._inbox_bytes - self._drained)
-                self._inbox_cond.notify_all()
+                room = self._inbox_bytes <= self.max_queue_bytes
+            if room and not self._room.is_set():  # producers waiting in _queue may go on
+                self._room.set()
 
     def _drain(self, inbox: Deque[Any]) -> bool:
         frames: List[bytes] = []
         stop = False
+        self._drained_items += len(inbox)
         while inbox:
             item = inbox.popleft()
             if type(item) is bytes:

@@ -8,11 +8,9 @@ import time
 from hein._wakeup import Waker
 
 
-def test_no_wake_is_lost_when_it_races_with_clear():
-    """A producer thread queues items and wakes; the loop sleeps in select() up to 2 s. Every
-    item must be seen well before that timeout, including when a wake() comes between the
-    flag's reset and the draining of the pipe in clear() (it used to leave the flag set with no
-    byte in the pipe, so that every later wake() was skipped)."""
+def test_no_wake_is_lost_whatever_the_timing():
+    """A producer thread queues items then wakes; the loop arms, looks at the queue, sleeps in
+    select() up to 2 s, disarms. Every item must be seen well before that timeout."""
     waker = Waker()
     selector = selectors.DefaultSelector()
     selector.register(waker.fileno(), selectors.EVENT_READ)
@@ -24,8 +22,10 @@ def test_no_wake_is_lost_when_it_races_with_clear():
     def loop():
         seen = 0
         while seen < count:
-            selector.select(0 if inbox else 2.0)
-            waker.clear()
+            waker.arm()
+            if selector.select(0 if inbox else 2.0):
+                waker.clear()
+            waker.disarm()
             now = time.monotonic()
             while inbox:
                 worst[0] = max(worst[0], now - inbox.popleft())
@@ -48,15 +48,20 @@ def test_no_wake_is_lost_when_it_races_with_clear():
         waker.close()
 
 
-def test_clear_after_wake_leaves_the_waker_ready_for_the_next_wake():
+def test_wake_writes_a_byte_only_while_the_loop_is_armed():
     waker = Waker()
+    selector = selectors.DefaultSelector()
+    selector.register(waker.fileno(), selectors.EVENT_READ)
     try:
+        waker.wake()  # the loop is busy (not armed): no system call, no byte
+        assert selector.select(0) == []
+        waker.arm()
         waker.wake()
+        assert selector.select(1.0), "an armed waker wrote no byte"
         waker.clear()
-        waker.wake()
-        selector = selectors.DefaultSelector()
-        selector.register(waker.fileno(), selectors.EVENT_READ)
-        assert selector.select(1.0), "the wake after a clear wrote no byte"
-        selector.close()
+        assert selector.select(0) == []
+        waker.wake()  # disarmed by the first wake: one byte per sleep
+        assert selector.select(0) == []
     finally:
+        selector.close()
         waker.close()
