@@ -160,9 +160,7 @@ def parse_frame(data: bytes, known_kinds: FrozenSet[bytes] = KINDS, escaped: boo
     except UnicodeDecodeError:
         raise ProtocolError("non-ASCII tag %r" % tag) from None
     payload = data[colon + 3 :]
-    if escaped and _END in payload:
-        payload = payload.replace(_ESCAPED_END, _END)
-    return Frame(kind, text, unpack, payload)
+    return Frame(kind, text, unpack, unescape_payload(payload) if escaped else payload)
 
 
 def sized_header(kind: bytes, tag: str, unpack: bool, payload_size: int) -> bytes:

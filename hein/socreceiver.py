@@ -487,9 +487,6 @@ class SocReceiver:
 
     # --------------------------------------------------------------------------- the thread
 
-    def _should_stop(self) -> bool:
-        return self._closing
-
     def _run(self) -> None:
         refused_logged = ""
         auth_failures = 0
