@@ -713,7 +713,7 @@ class SocTransmitter:
                     if self._next_timers
                     else _TIMER_PERIOD
                 )
-                if inbox:
+                if inbox and not self._stop_deadline:  # (closing: the inbox is not read)
                     events = selector.select(0)
                 elif self._drained_items >= LINGER_AFTER:
                     # a burst: gather what comes next for a moment rather than have every
@@ -721,7 +721,8 @@ class SocTransmitter:
                     events = selector.select(min(timeout, LINGER))
                 else:
                     waker.arm()  # from here on producers write a byte to wake us
-                    events = selector.select(timeout if not inbox else 0)
+                    # look at the inbox again *after* arming: what came in between wrote no byte
+                    events = selector.select(0 if inbox and not self._stop_deadline else timeout)
                     waker.disarm()
                 self._drained_items = 0
                 for key, mask in events:
