@@ -514,3 +514,9 @@ class Peers:
         for peer in reversed(self.all):
             peer.close()
         self.all = []
+
+
+def raw_frame(kind: bytes, payload: bytes, tag: bytes = b"", unpack: bytes = b"1") -> bytes:
+    """A frame built by hand from PROTOCOL.rst (independent of hein's own encoder)."""
+    escaped = payload.replace(b"\xac\x96", b"\xac\x96\xee")
+    return kind + tag + b":" + unpack + b":" + escaped + b"\xac\x96\xac\x96"

@@ -47,6 +47,7 @@ from helpers import (
     free_port,
     hein_thread_names,
     holds_for,
+    raw_frame,
     wait_for,
     wait_registered,
 )
@@ -704,16 +705,7 @@ def test_05_hostile_clients(closer, peers, streamers, caplog, monkeypatch):
 # ------------------------------------------------------------------- 6. hostile transmitter
 
 
-def _frame(kind, payload, tag=b"", unpack=b"1"):
-    return (
-        kind
-        + tag
-        + b":"
-        + unpack
-        + b":"
-        + payload.replace(b"\xac\x96", b"\xac\x96\xee")
-        + TERMINATOR
-    )
+_frame = raw_frame
 
 
 def _junk(rng, size):

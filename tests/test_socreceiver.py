@@ -20,6 +20,7 @@ from helpers import (
     free_port,
     hein_thread_names,
     holds_for,
+    raw_frame,
     silent,
     wait_registered,
 )
@@ -419,16 +420,7 @@ def fake(closer):
     return closer.add(FakeTransmitter())
 
 
-def frame(kind, payload, tag=b"", unpack=b"1"):
-    return (
-        kind
-        + tag
-        + b":"
-        + unpack
-        + b":"
-        + payload.replace(b"\xac\x96", b"\xac\x96\xee")
-        + TERMINATOR
-    )
+frame = raw_frame
 
 
 def test_handshake_sends_the_name_cut_to_15_bytes(closer, fake):
