@@ -71,17 +71,24 @@ def streamers():
             streamer.stop()
 
 
-def test_kill_9_of_a_receiver_mid_stream(closer, peers, streamers):
-    t = closer.transmitter(5)
+def streaming_to(t, peers, streamers, *names):
+    """Receiver processes under these names, registered and receiving a numbered stream."""
     hello, dropped = Collector(), Collector()
     t._newconnection, t._dropped = hello, dropped
-    names = ["steady1", "steady2", "victim"]
     procs = {name: peers.start("receiver.py", t.port, name, label=name) for name in names}
-    wait_registered(t, names)
+    wait_registered(t, list(names))
     streamer = Streamer(t)
     streamers.append(streamer.start())
     for name in names:
         procs[name].wait_count("msg", 50)
+    return procs, hello, dropped, streamer
+
+
+def test_kill_9_of_a_receiver_mid_stream(closer, peers, streamers):
+    t = closer.transmitter(5)
+    procs, hello, dropped, streamer = streaming_to(
+        t, peers, streamers, "steady1", "steady2", "victim"
+    )
     procs["victim"].kill()
     killed_at = time.monotonic()
     dropped.wait_for_item(lambda name: name == "victim", timeout=1.0 + 2.0)
@@ -137,15 +144,7 @@ def test_transmitter_process_restart(closer, peers):
 def test_sigstopped_receiver_is_dropped_and_comes_back_after_sigcont(closer, peers, streamers):
     timeout_ack = 1.0
     t = closer.transmitter(5, timeoutACK=timeout_ack)
-    hello, dropped = Collector(), Collector()
-    t._newconnection, t._dropped = hello, dropped
-    names = ["busy1", "busy2", "sleeper"]
-    procs = {name: peers.start("receiver.py", t.port, name, label=name) for name in names}
-    wait_registered(t, names)
-    streamer = Streamer(t)
-    streamers.append(streamer.start())
-    for name in names:
-        procs[name].wait_count("msg", 50)
+    procs, hello, dropped, streamer = streaming_to(t, peers, streamers, "busy1", "busy2", "sleeper")
     procs["sleeper"].stop()
     stopped_at = time.monotonic()
     dropped.wait_for_item(lambda name: name == "sleeper", timeout=timeout_ack + 3.0)
