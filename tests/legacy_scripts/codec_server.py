@@ -23,35 +23,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(os.path.dirname(_HERE))
 _PROJECT_PACKAGE = os.path.join(_REPO, "hein")
 
-# Never let "import hein" find the project's package: drop the repository, the tests and the
-# current directory from the import path (-I already leaves them out; this is belt and braces).
-sys.path[:] = [
-    entry
-    for entry in sys.path
-    if entry not in ("", ".")
-    and os.path.abspath(entry) not in (_REPO, _HERE, os.path.dirname(_HERE))
-]
+# The legacy peers' common module: it cleans the import path, so that "import hein" never finds
+# the project's package, and imports the legacy hein (-I leaves this directory out of the path).
+sys.path.insert(0, _HERE)
 
-from byt import Byt  # noqa: E402
-
-import hein  # noqa: E402  (the legacy one)
-import hein.core  # noqa: E402
+from _legacy_common import Byt, hein, plain  # noqa: E402  (hein: the legacy one)
 
 HEADER = struct.Struct(">Q")
 PICKLE_PROTOCOL = 4
-
-
-def plain(value):
-    """``value`` with every ``Byt`` turned into ``bytes``, so that it unpickles without ``byt``."""
-    if isinstance(value, Byt):
-        return bytes(value)
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(plain(item) for item in value)
-    if isinstance(value, dict):
-        return {plain(key): plain(item) for key, item in value.items()}
-    return value
 
 
 def handle(op, argument):
