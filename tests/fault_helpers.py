@@ -29,6 +29,8 @@ TERMINATOR = b"\xac\x96\xac\x96"
 
 
 def _load_script(name: str) -> Any:
+    if str(SCRIPTS_DIR) not in sys.path:  # the scripts import their sibling _peer_common
+        sys.path.append(str(SCRIPTS_DIR))
     spec = importlib.util.spec_from_file_location(name, str(SCRIPTS_DIR / ("%s.py" % name)))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -20,19 +20,12 @@ import sys
 import threading
 import time
 
+from _peer_common import emit
 from fault_receiver import Tracker
 
 import hein
 
-_lock = threading.Lock()
 CATCH_UP = 10.0
-
-
-def emit(event):
-    line = json.dumps(event)
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 def main():

@@ -30,30 +30,9 @@ import sys
 import threading
 import time
 
+from _peer_common import EmitLogs, emit
+
 import hein
-
-_lock = threading.Lock()
-
-
-def emit(event):
-    line = json.dumps(event)
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-class EmitHandler(logging.Handler):
-    def emit(self, record):
-        emit(
-            {
-                "ev": "log",
-                "level": record.levelname,
-                "msg": record.getMessage(),
-                "exc": bool(record.exc_info),
-                "t": time.monotonic(),
-            }
-        )
-
 
 #: A flood stops when this process holds more than this (a safety net for the test machine).
 RSS_CAP = 1536 * 1024 * 1024
@@ -132,7 +111,7 @@ def main():
     parser.add_argument("--handshake-timeout", type=float, default=5.0)
     args = parser.parse_args()
     logger = logging.getLogger("hein")
-    logger.addHandler(EmitHandler(logging.WARNING))
+    logger.addHandler(EmitLogs(logging.WARNING))
     transmitter = hein.SocTransmitter(
         args.port,
         args.nreceivermax,

@@ -15,19 +15,11 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 
+from _peer_common import emit
+
 import hein
-
-_lock = threading.Lock()
-
-
-def emit(event):
-    line = json.dumps(event)
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 def main():

@@ -15,30 +15,10 @@ import json
 import logging
 import os
 import sys
-import threading
+
+from _peer_common import EmitLogs, emit
 
 import hein
-
-_lock = threading.Lock()
-
-
-def emit(event):
-    line = json.dumps(event)
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-class Forward(logging.Handler):
-    def emit(self, record):
-        emit(
-            {
-                "ev": "log",
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
 
 
 def main():
@@ -50,7 +30,7 @@ def main():
     args = parser.parse_args()
     logger = logging.getLogger("hein")
     logger.setLevel(logging.DEBUG)
-    logger.addHandler(Forward())
+    logger.addHandler(EmitLogs())
     receiver = hein.SocReceiver(
         args.port, args.name, connect=False, connectWait=args.connect_wait, hostname=args.host
     )

@@ -19,19 +19,12 @@ import datetime
 import json
 import os
 import sys
-import threading
+
+from _peer_common import emit
 
 import hein
 
-_lock = threading.Lock()
 NAMESPACE = {"datetime": datetime}  # expressions are reprs: datetime.date(2020, 1, 2)
-
-
-def emit(event):
-    line = json.dumps(event)
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 def main():
