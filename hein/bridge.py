@@ -82,11 +82,8 @@ from ._framing import (
     DEFAULT_MAX_FRAME_SIZE,
     KIND_JSON,
     KIND_RAW,
-    TERMINATOR,
     Frame,
     clean_tag,
-    escape_payload,
-    frame_header,
 )
 from ._netutil import default_host
 from .socreceiver import SocReceiver
@@ -1223,7 +1220,6 @@ class NatsToHein(_Bridge):
             ignored=0,
             held=0,
         )
-        self._headers: Dict[Tuple[bytes, Optional[str], bool], bytes] = {}
         self._tags: Dict[str, Optional[str]] = {}
         self._last_seq: Dict[Tuple[str, str], int] = {}
         self._dropping = False
@@ -1447,13 +1443,7 @@ class NatsToHein(_Bridge):
                     counts["dropped_bad"] += 1
                     return True
             else:
-                key = (kind, tag, unpack)
-                header = self._headers.get(key)
-                if header is None:
-                    if len(self._headers) >= _CACHE_MAX:
-                        self._headers.clear()
-                    header = self._headers[key] = frame_header(kind, tag or "", unpack)
-                transmitter._queue(header + escape_payload(payload) + TERMINATOR)
+                transmitter._tell_payload(kind, tag, unpack, payload)
         except ValueError as error:  # larger than max_queue_bytes
             counts["dropped_full"] += 1
             logger.warning("%s: message on %s dropped: %s", self, subject, error)

@@ -40,6 +40,7 @@ from ._framing import (
     TAG_MAX_LENGTH,
     TERMINATOR,
     clean_tag,
+    encode_frame,
     escape_payload,
     frame_header,
     sized_header,
@@ -93,6 +94,8 @@ CLOSE_TIMEOUT = 2.0
 DIE_GRACE = 0.5
 
 _SEND_CHUNK = 4 * 1024 * 1024
+# (kind, tag as given, unpack) -> (tag as it travels, frame header): tags repeat
+_HEADERS: Dict[Tuple[bytes, Optional[str], bool], Tuple[str, bytes]] = {}
 # After a drain of at least LINGER_AFTER messages, the loop waits up to LINGER seconds for more
 # without asking producers to wake it.
 LINGER_AFTER = 4
@@ -153,11 +156,7 @@ class _Big:
     def legacy(self) -> bytes:
         """The frame as hein 0.2.3 reads it."""
         if self._legacy is None:
-            self._legacy = (
-                frame_header(self.kind, self.tag, self.unpack)
-                + escape_payload(self.payload)
-                + TERMINATOR
-            )
+            self._legacy = encode_frame(self.kind, self.tag, self.unpack, self.payload)
         return self._legacy
 
 
@@ -483,12 +482,7 @@ class SocTransmitter:
         """
         if not self._running:
             return False
-        payload = json_dumps(v)
-        tag = clean_tag(tag)
-        if len(payload) > SIZED_THRESHOLD:
-            return self._queue(_Big(KIND_JSON, tag, unpack, payload), tag if retain else None)
-        frame = frame_header(KIND_JSON, tag, unpack) + escape_payload(payload) + TERMINATOR
-        return self._queue(frame, tag if retain else None)
+        return self._tell_payload(KIND_JSON, tag, unpack, json_dumps(v), retain)
 
     def tell_raw(
         self, txt: Union[str, bytes], tag: Optional[str] = None, *, retain: bool = False
@@ -506,11 +500,27 @@ class SocTransmitter:
             return False
         if not data or not self._running:
             return False
-        tag = clean_tag(tag)
-        if len(data) > SIZED_THRESHOLD:
-            return self._queue(_Big(KIND_RAW, tag, False, data), tag if retain else None)
-        frame = frame_header(KIND_RAW, tag, False) + escape_payload(data) + TERMINATOR
-        return self._queue(frame, tag if retain else None)
+        return self._tell_payload(KIND_RAW, tag, False, data, retain)
+
+    def _tell_payload(
+        self, kind: bytes, tag: Optional[str], unpack: bool, payload: bytes, retain: bool = False
+    ) -> bool:
+        """Queue one message whose payload is encoded already (the extended-JSON bytes of a
+        ``tell``, the bytes of a ``tell_raw``). Relays (``hein.bridge``) call it directly."""
+        cached = _HEADERS.get((kind, tag, unpack))
+        if cached is None:
+            clean = clean_tag(tag)
+            cached = (clean, frame_header(kind, clean, unpack))
+            if len(_HEADERS) >= 1024:
+                _HEADERS.clear()
+            _HEADERS[(kind, tag, unpack)] = cached
+        clean, header = cached
+        message: Union[bytes, _Big]
+        if len(payload) > SIZED_THRESHOLD:
+            message = _Big(kind, clean, unpack, payload)
+        else:
+            message = header + escape_payload(payload) + TERMINATOR
+        return self._queue(message, clean if retain else None)
 
     def _queue(self, frame: Union[bytes, _Big], retain_tag: Optional[str] = None) -> bool:
         size = len(frame) if type(frame) is bytes else frame.size  # type: ignore[union-attr]
