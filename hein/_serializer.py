@@ -253,6 +253,9 @@ _BUILTIN_ENCODERS.insert(0, (bytearray, _enc_bytes))
 _BUILTIN_ENCODERS.insert(0, (memoryview, _enc_bytes))
 # Custom types (register_type): class -> (code, encode)
 _CUSTOM: Dict[type, Tuple[str, Callable[[Any], str]]] = {}
+# Whether a custom type is a subclass of a type JSON writes natively (the compact encoding then
+# walks every value in Python, see _compact.py)
+_CUSTOM_NATIVE = False
 _MAX_CACHED_TYPES = 1024
 
 
@@ -730,5 +733,7 @@ def unregister_type(cls: type) -> None:
 
 
 def _reset_encoder_cache() -> None:
+    global _CUSTOM_NATIVE
+    _CUSTOM_NATIVE = any(issubclass(cls, (str, int, float, list, tuple, dict)) for cls in _CUSTOM)
     _ENCODERS.clear()
     _ENCODERS.update((t, e) for t, e in _BUILTIN_ENCODERS if t not in (bytearray, memoryview))
