@@ -27,6 +27,7 @@ rebuilt in Python first. The decoder is the C scanner with an ``object_hook`` th
 leaves; a whole read's payloads are scanned in one call.
 """
 
+import base64
 import binascii
 import json
 from typing import Any, Callable, Dict, List
@@ -133,11 +134,17 @@ def _default(value: Any) -> Any:
     return _legacy_leaf(value)
 
 
-_C_ENCODE = (
-    _s._c_make_encoder(None, _default, _s._encode_basestring, None, ":", ",", False, False, False)
-    if _s._C_ENCODE is not None
-    else None
-)
+try:  # the C encoder, made once
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring as _encode_basestring
+
+    _C_ENCODE = (
+        _c_make_encoder(None, _default, _encode_basestring, None, ":", ",", False, False, False)
+        if _c_make_encoder is not None
+        else None
+    )
+except ImportError:  # pragma: no cover - not CPython
+    _C_ENCODE = None
 _PY_ENCODER = json.JSONEncoder(
     ensure_ascii=False,
     check_circular=False,
@@ -248,9 +255,11 @@ def _dec_datetime(fields: List[Any]) -> Any:
             _zones.clear()
         _zones[key] = tzinfo
     if len(fields) == 10:
+        year, month, day, hour, minute, second, micro = fields[1:8]
         if tzinfo is _UTC or tzinfo is _s._PYTZ_UTC:
-            return _datetime(*fields[1:8], tzinfo)
-        return _datetime(*fields[1:8], _UTC).astimezone(tzinfo)
+            return _datetime(year, month, day, hour, minute, second, micro, tzinfo)
+        utc = _datetime(year, month, day, hour, minute, second, micro, _UTC)
+        return utc.astimezone(tzinfo)
     if len(fields) == 11 and fields[10] == 1:
         return _s._local_in_zone(_datetime(*fields[1:8]), tzinfo, offset)
     raise ProtocolError("bad datetime %r" % (fields[:12],))
@@ -259,7 +268,7 @@ def _dec_datetime(fields: List[Any]) -> Any:
 def _dec_bytes(fields: List[Any]) -> bytes:
     if len(fields) != 2 or type(fields[1]) is not str:
         raise ProtocolError("bad bytes leaf")
-    return binascii.a2b_base64(fields[1].encode("ascii"), strict_mode=True)
+    return base64.b64decode(fields[1], validate=True)
 
 
 def _dec_dict(fields: List[Any]) -> Dict[str, Any]:
