@@ -22,6 +22,7 @@ __all__ = [
     "KIND_JSON",
     "KIND_PING",
     "KIND_DIE",
+    "KIND_COMPACT",
     "KINDS",
     "TERMINATOR",
     "TAG_MAX_LENGTH",
@@ -40,12 +41,16 @@ KIND_RAW = b"__raw__"
 KIND_JSON = b"__jsn__"
 KIND_PING = b"__png__"
 KIND_DIE = b"__die__"
+#: A ``tell`` payload in the compact encoding (hein 1, for receivers that ask for it).
+KIND_COMPACT = b"__jsc__"
 #: A length-prefixed frame (hein 1, for receivers that ask for them): see :func:`sized_header`.
 KIND_SIZED = b"__siz__"
 #: Payloads larger than this go in sized frames to receivers that accept them.
 SIZED_THRESHOLD = 64 * 1024
 #: The frame kinds of the legacy protocol.
 KINDS = frozenset((KIND_RAW, KIND_JSON, KIND_PING, KIND_DIE))
+# The kinds a sized frame may carry.
+_SIZED_KINDS = KINDS | {KIND_COMPACT}
 KIND_LENGTH = 7
 
 _END = b"\xac\x96"
@@ -263,7 +268,7 @@ class FrameDecoder:
         end = inner.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
         if end < 3:
             raise ProtocolError("malformed sized frame header %r" % bytes(inner[:_MAX_HEADER]))
-        frame = parse_frame(bytes(inner[:end]), escaped=False)
+        frame = parse_frame(bytes(inner[:end]), _SIZED_KINDS, escaped=False)
         with memoryview(inner) as view:
             payload = bytes(view[end:])
         return Frame(frame.kind, frame.tag, frame.unpack, payload)

@@ -201,20 +201,22 @@ MAX_CONTROL_FRAME = 64 * 1024
 MAX_PREFIXES = 1024
 
 
-def control_frame(prefixes: Optional[Tuple[str, ...]]) -> bytes:
-    """A receiver's control frame carrying its subscription (None: every tag)."""
+def control_frame(prefixes: Optional[Tuple[str, ...]], compact: bool = True) -> bytes:
+    """A receiver's control frame carrying its subscription (None: every tag), and whether it
+    reads the compact encoding (extension 5)."""
     message = {
         "v": VERSION,
         "tags": None if prefixes is None else list(prefixes),
         "seq": True,
         "sized": True,
+        "compact": compact,
     }
     return encode_frame(KIND_CONTROL, None, True, json_dumps(message))
 
 
-def parse_control(payload: bytes) -> Tuple[Optional[Tuple[bytes, ...]], bool]:
-    """The subscription of a control frame's payload, as byte prefixes (None: every tag), and
-    whether the receiver reads sized frames.
+def parse_control(payload: bytes) -> Tuple[Optional[Tuple[bytes, ...]], bool, bool]:
+    """The subscription of a control frame's payload, as byte prefixes (None: every tag),
+    whether the receiver reads sized frames, and whether it reads the compact encoding.
 
     Raises:
         ProtocolError: the payload is not a valid control message.
@@ -224,8 +226,9 @@ def parse_control(payload: bytes) -> Tuple[Optional[Tuple[bytes, ...]], bool]:
         raise ProtocolError("control message is not a dict")
     tags = message.get("tags")
     sized = message.get("sized") is True
+    compact = message.get("compact") is True
     if tags is None:
-        return None, sized
+        return None, sized, compact
     if not isinstance(tags, list) or len(tags) > MAX_PREFIXES:
         raise ProtocolError("bad subscription")
     prefixes = []
@@ -233,7 +236,7 @@ def parse_control(payload: bytes) -> Tuple[Optional[Tuple[bytes, ...]], bool]:
         if not isinstance(tag, str) or clean_tag(tag) != tag:
             raise ProtocolError("bad tag prefix %r" % (tag,))
         prefixes.append(tag.encode("ascii"))
-    return tuple(sorted(set(prefixes))), sized
+    return tuple(sorted(set(prefixes))), sized, compact
 
 
 def sequence_frame(epoch: str, group: str, number: int) -> bytes:

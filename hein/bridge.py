@@ -631,6 +631,7 @@ class _FrameReceiver(SocReceiver):
     its bridge (``SocReceiver._raw_frames``)."""
 
     _raw_frames = True
+    _compact = False  # payloads go to NATS as told: the extended JSON
 
     def __init__(self, bridge: "HeinToNats", *args: Any, **kwargs: Any) -> None:
         self._bridge = bridge

@@ -21,9 +21,11 @@ import threading
 import time
 from typing import Any, AsyncIterator, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from ._compact import compact_loads_many
 from ._framing import (
     ACK,
     DEFAULT_MAX_FRAME_SIZE,
+    KIND_COMPACT,
     KIND_JSON,
     KIND_PING,
     KIND_RAW,
@@ -166,6 +168,9 @@ class SocReceiver:
     #: ``__jsn__`` and ``__raw__`` message undecoded, as a ``hein._framing.Frame`` (``kind``,
     #: ``tag``, ``unpack``, ``payload``: the payload bytes as told).
     _raw_frames = False
+    #: Ask a hein 1 transmitter for the compact encoding (extension 5 of ``PROTOCOL.rst``);
+    #: relays that forward payloads as they are set it to False on a subclass.
+    _compact = True
 
     def __init__(
         self,
@@ -358,7 +363,7 @@ class SocReceiver:
             sock = self._control_sock
             if sock is not None:
                 try:
-                    sock.sendall(control_frame(self._prefixes))
+                    sock.sendall(control_frame(self._prefixes, self._compact))
                 except OSError:
                     pass  # the connection is going: the next one subscribes
 
@@ -616,6 +621,8 @@ class SocReceiver:
         self._call_newconnection()
         decoder = FrameDecoder(self.max_frame_size)
         known_kinds = KINDS | {KIND_SEQUENCE}
+        if self._compact:
+            known_kinds |= {KIND_COMPACT}
         parse_frame = HeaderCache(known_kinds).parse
         counting = False  # after a sequence marker: count the messages
         send_lock = self._send_lock
@@ -671,6 +678,8 @@ class SocReceiver:
             batch: List[Tuple[Optional[str], Any]] = []
             to_decode: List[bytes] = []  # payloads of unpacked __jsn__ frames, decoded at once
             decode_at: List[int] = []  # ... and their places in the batch
+            compact_payloads: List[bytes] = []  # the same for __jsc__ frames
+            compact_at: List[int] = []
             told_to_die = False
             missed = 0
             prefixes = self._prefixes
@@ -684,11 +693,18 @@ class SocReceiver:
                     if type(raw) is not Frame:
                         frame = parse_frame(raw)  # type: ignore[arg-type]
                     kind = frame.kind
-                    if kind == KIND_JSON or kind == KIND_RAW:
+                    if kind == KIND_COMPACT or kind == KIND_JSON or kind == KIND_RAW:
                         if counting:
                             self._sequence[2] += 1  # type: ignore[index]
                         if prefixes is not None and not (frame.tag or "").startswith(prefixes):
                             continue
+                    if kind == KIND_COMPACT:  # decoded with the others of this read
+                        if not frame.unpack:
+                            raise ProtocolError("a compact frame with unpack 0")
+                        compact_at.append(len(batch))
+                        compact_payloads.append(frame.payload)
+                        batch.append((frame.tag, None))
+                        continue
                     if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
                         data: Any = frame
                     elif kind == KIND_JSON:
@@ -725,9 +741,12 @@ class SocReceiver:
                         logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
                     continue
                 batch.append((frame.tag, data))
-            if to_decode:
+            if to_decode or compact_payloads:
                 failed = False
-                for index, value in zip(decode_at, json_loads_many(to_decode)):
+                decoded = list(zip(decode_at, json_loads_many(to_decode))) if to_decode else []
+                if compact_payloads:
+                    decoded += zip(compact_at, compact_loads_many(compact_payloads))
+                for index, value in decoded:
                     if type(value) is DecodeFailure:
                         failed = True
                         batch[index] = None  # type: ignore[call-overload]
@@ -791,7 +810,7 @@ class SocReceiver:
         """The transmitter announced itself (hein 1): send our subscription."""
         with self._send_lock:
             try:
-                sock.sendall(control_frame(self._prefixes))
+                sock.sendall(control_frame(self._prefixes, self._compact))
             except OSError:
                 return
             self._control_sock = sock

@@ -30,8 +30,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
+from ._compact import compact_dumps, compact_loads
 from ._framing import (
     ACK,
+    KIND_COMPACT,
     KIND_DIE,
     KIND_JSON,
     KIND_PING,
@@ -43,6 +45,7 @@ from ._framing import (
     encode_frame,
     escape_payload,
     frame_header,
+    parse_frame,
     sized_header,
 )
 from ._handshake import (
@@ -142,7 +145,7 @@ class _Big:
     """A message with a large payload: sent as a sized frame (no escaping, no copy) to
     receivers that read them, and escaped (once, on demand) for the others."""
 
-    __slots__ = ("_legacy", "kind", "payload", "size", "sized_head", "tag", "unpack")
+    __slots__ = ("_json", "_legacy", "kind", "payload", "size", "sized_head", "tag", "unpack")
 
     def __init__(self, kind: bytes, tag: str, unpack: bool, payload: bytes) -> None:
         self.kind = kind
@@ -152,12 +155,24 @@ class _Big:
         self.sized_head = sized_header(kind, tag, unpack, len(payload))
         self.size = len(self.sized_head) + len(payload)
         self._legacy: Optional[bytes] = None
+        self._json: Optional[_Big] = None
 
     def legacy(self) -> bytes:
-        """The frame as hein 0.2.3 reads it."""
+        """The frame as hein 0.2.3 reads it (escaped, not sized)."""
         if self._legacy is None:
             self._legacy = encode_frame(self.kind, self.tag, self.unpack, self.payload)
         return self._legacy
+
+    def as_json(self) -> Optional["_Big"]:
+        """This message in the extended JSON (for a compact one), or None if it cannot be."""
+        if self._json is None:
+            try:
+                payload = json_dumps(compact_loads(self.payload))
+            except (ProtocolError, ValueError) as error:
+                logger.error("cannot re-encode a compact message: %s", error)
+                return None
+            self._json = _Big(KIND_JSON, self.tag, self.unpack, payload)
+        return self._json
 
 
 @dataclass(eq=False)
@@ -210,6 +225,7 @@ class _Connection:
     control: Optional[ReceiverBytes] = None  # parser, once it sent more than ACKs
     group: Optional[_Group] = None  # its subscription (None: everything, no markers)
     sized: bool = False  # it reads sized frames (extension 4)
+    compact: bool = False  # it reads the compact encoding (extension 5)
     frames_sent: int = 0
     closed: bool = False
 
@@ -324,6 +340,9 @@ class SocTransmitter:
         self._room.set()
         self._drained = 0
         self._drained_items = 0  # items the last drain took (a burst makes the loop linger)
+        # registered receivers that did not ask for the compact encoding (set by the loop
+        # thread): while there is one, tell() writes the extended JSON, which all can read
+        self._nslow = 0
         if start:
             self.start()
 
@@ -482,6 +501,8 @@ class SocTransmitter:
         """
         if not self._running:
             return False
+        if unpack and not retain and not self._nslow:
+            return self._tell_payload(KIND_COMPACT, tag, True, compact_dumps(v))
         return self._tell_payload(KIND_JSON, tag, unpack, json_dumps(v), retain)
 
     def tell_raw(
@@ -589,8 +610,9 @@ class SocTransmitter:
 
         Returns:
             ``{"told": messages told, "retained": tags with a retained value, "receivers":
-            {name: {"connected_since", "frames_sent", "bytes_sent", "queued_bytes", "drops"}}}``
-            (``drops``: how many times a receiver of that name was dropped).
+            {name: {"connected_since", "frames_sent", "bytes_sent", "queued_bytes", "drops",
+            "compact"}}}`` (``drops``: how many times a receiver of that name was dropped;
+            ``compact``: it reads the compact encoding, see ``PROTOCOL.rst``).
         """
         receivers = {}
         for conn in list(self._registered_snapshot):
@@ -600,6 +622,7 @@ class SocTransmitter:
                 "bytes_sent": conn.sent_total,
                 "queued_bytes": conn.queued,
                 "drops": self._drops.get(conn.name or "", 0),
+                "compact": conn.compact,
             }
         return {"told": self._told, "retained": self._nretained, "receivers": receivers}
 
@@ -866,13 +889,24 @@ class SocTransmitter:
         everything = frames[0] if count == 1 else b"".join(frames)
         chunks: Dict[Any, Tuple[bytes, int]] = {None: (everything, count)}
         limit = self.max_queue_bytes
+        compact: Optional[bool] = None  # whether some frames are in the compact encoding
         for conn in list(self._registered.values()):
             prefixes = conn.group.prefixes if conn.group is not None else None
-            chunk_count = chunks.get(prefixes)
+            key: Any = prefixes
+            if not conn.compact:
+                if compact is None:
+                    compact = any(frame.startswith(KIND_COMPACT) for frame in frames)
+                if compact:
+                    key = ("json", prefixes, conn.group is not None)
+            chunk_count = chunks.get(key)
             if chunk_count is None:
-                assert prefixes is not None
-                selected = [f for f, tag in zip(frames, tags) if tag.startswith(prefixes)]
-                chunk_count = chunks[prefixes] = (b"".join(selected), len(selected))
+                if prefixes is None:
+                    selected = frames
+                else:
+                    selected = [f for f, tag in zip(frames, tags) if tag.startswith(prefixes)]
+                if key is not prefixes:
+                    selected = self._readable(selected, conn.group is not None)
+                chunk_count = chunks[key] = (b"".join(selected), len(selected))
             chunk, sent = chunk_count
             if not sent:
                 continue
@@ -886,6 +920,29 @@ class SocTransmitter:
                 self._drop(conn, "its queue is over %d bytes (a slow or stalled receiver)" % limit)
                 continue
 
+    def _readable(self, frames: List[bytes], subscribed: bool) -> List[bytes]:
+        """``frames`` for a receiver that does not read the compact encoding.
+
+        Compact frames were told while every registered receiver read them, so before this
+        one registered: a receiver that has not sent its control frame yet (it may be a hein
+        0.2.3 one) does not get them. One that sent it (subscribed) and still does not read
+        them gets them re-encoded (no hein receiver asks for that; a later one might).
+        """
+        if not subscribed:
+            return [frame for frame in frames if not frame.startswith(KIND_COMPACT)]
+        out = []
+        for frame in frames:
+            if frame.startswith(KIND_COMPACT):
+                try:
+                    parsed = parse_frame(frame[: -len(TERMINATOR)], frozenset((KIND_COMPACT,)))
+                    payload = json_dumps(compact_loads(parsed.payload))
+                except (ProtocolError, ValueError) as error:
+                    logger.error("%s: cannot re-encode a compact message: %s", self, error)
+                    continue
+                frame = encode_frame(KIND_JSON, parsed.tag, parsed.unpack, payload)
+            out.append(frame)
+        return out
+
     def _broadcast_big(self, big: _Big) -> None:
         self._told += 1
         tag = big.tag.encode("ascii")
@@ -898,7 +955,14 @@ class SocTransmitter:
         for conn in list(self._registered.values()):
             if conn.group is not None and not conn.group.matches(tag):
                 continue
-            parts = (big.sized_head, big.payload) if conn.sized else (big.legacy(),)
+            message = big
+            if big.kind == KIND_COMPACT and not conn.compact:
+                # see _readable: told before this receiver registered, or re-encoded
+                converted = big.as_json() if conn.group is not None else None
+                if converted is None:
+                    continue
+                message = converted
+            parts = (message.sized_head, message.payload) if conn.sized else (message.legacy(),)
             for part in parts:
                 conn.outbox.append(part)
                 conn.queued += len(part)
@@ -946,10 +1010,13 @@ class SocTransmitter:
         try:
             if not raw.startswith(KIND_CONTROL + b":1:"):
                 raise ProtocolError("unknown control frame %r" % raw[:20])
-            prefixes, conn.sized = parse_control(raw[len(KIND_CONTROL) + 3 :])
+            prefixes, conn.sized, compact = parse_control(raw[len(KIND_CONTROL) + 3 :])
         except ProtocolError as error:
             self._drop(conn, "bad control frame: %s" % error)
             return
+        if compact != conn.compact:
+            conn.compact = compact
+            self._nslow = sum(1 for c in self._registered.values() if not c.compact)
         if prefixes is not None and b"" in prefixes:
             prefixes = None  # the empty prefix matches everything
         group = self._group_for(prefixes)
@@ -1322,6 +1389,7 @@ class SocTransmitter:
 
     def _update_receivers(self) -> None:
         self._registered_snapshot = list(self._registered.values())
+        self._nslow = sum(1 for c in self._registered_snapshot if not c.compact)
         self.receivers = {
             name: ReceiverInfo(name, c.address, c.since) for name, c in self._registered.items()
         }
