@@ -30,12 +30,12 @@ leaves; a whole read's payloads are scanned in one call.
 import base64
 import binascii
 import json
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _serializer as _s
 from .errors import ProtocolError
 
-__all__ = ["compact_dumps", "compact_loads", "compact_loads_many"]
+__all__ = ["compact_dumps", "compact_loads", "compact_loads_many", "compact_loads_joined"]
 
 _MARK = "\x00"
 _datetime = _s._datetime
@@ -357,3 +357,16 @@ def compact_loads_many(payloads: List[bytes]) -> List[Any]:
         except ProtocolError as error:
             out.append(_s.DecodeFailure(error))
     return out
+
+
+def compact_loads_joined(joined: bytes, count: int) -> Optional[List[Any]]:
+    """Decode ``count`` compact payloads joined by commas, in one scan; None when that is not
+    ``count`` valid payloads (decode them one by one then, to find the bad ones)."""
+    try:
+        text = (b"[" + joined + b"]").decode("utf-8", "surrogatepass")
+        values, end = _SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError, ProtocolError):
+        return None
+    if end != len(text) or len(values) != count:
+        return None
+    return values  # type: ignore[no-any-return]

@@ -194,6 +194,22 @@ class HeaderCache:
         self.known_kinds = known_kinds
         self._headers: Dict[bytes, Tuple[bytes, Optional[str], bool]] = {}
 
+    def header(self, header: bytes) -> Optional[Tuple[bytes, Optional[str], bool]]:
+        """(kind, tag, unpack) of a frame header (``KIND TAG:UNPACK:``), or None if invalid."""
+        fields = self._headers.get(header)
+        if fields is None:
+            try:
+                frame = parse_frame(header, self.known_kinds)
+            except ProtocolError:
+                return None
+            if frame.payload:
+                return None
+            fields = (frame.kind, frame.tag, frame.unpack)
+            if len(self._headers) >= self.MAX_HEADERS:
+                self._headers.clear()
+            self._headers[header] = fields
+        return fields
+
     def parse(self, data: bytes) -> Frame:
         """Parse one frame (without terminator); raises ProtocolError like :func:`parse_frame`."""
         end = data.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
@@ -281,6 +297,18 @@ class FrameDecoder:
             ProtocolError: a sized frame's header is malformed.
         """
         out: List[Union[bytes, Frame]] = []
+        for item in self.feed_blocks(data):
+            if type(item) is bytes:
+                out.extend(item.split(TERMINATOR))
+            else:
+                out.append(item)
+        return out
+
+    def feed_blocks(self, data: Union[bytes, bytearray, memoryview]) -> List[Union[bytes, Frame]]:
+        """Like :meth:`feed`, but consecutive terminated frames come as one ``bytes`` block:
+        the frames joined by the terminator (``block.split(TERMINATOR)`` gives them), so that
+        a reader can work on a whole run of frames with a few calls."""
+        out: List[Union[bytes, Frame]] = []
         if self._sized is not None:
             target = self._sized
             take = min(len(data), len(target) - self._sized_fill)
@@ -331,14 +359,16 @@ class FrameDecoder:
                         if end < 0:
                             break
             else:
-                frames = bytes(buffer[:stop]).split(TERMINATOR)
+                frames = [bytes(buffer[:stop])]  # one block
             del buffer[: stop + 4]
             for frame in frames:
                 if len(frame) > limit:
-                    self.reset()
-                    raise FrameTooLarge(
-                        "frame of %d bytes over the limit of %d" % (len(frame), limit)
-                    )
+                    for part in frame.split(TERMINATOR):
+                        if len(part) > limit:
+                            self.reset()
+                            raise FrameTooLarge(
+                                "frame of %d bytes over the limit of %d" % (len(part), limit)
+                            )
             out.extend(frames)
             self._scanned = 0
             start = 0

@@ -19,14 +19,16 @@ import socket
 import ssl
 import threading
 import time
+from itertools import repeat
 from typing import Any, AsyncIterator, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from ._compact import compact_loads_many
+from ._compact import compact_loads_joined, compact_loads_many
 from ._framing import (
     ACK,
     DEFAULT_MAX_FRAME_SIZE,
     KIND_COMPACT,
     KIND_JSON,
+    KIND_LENGTH,
     KIND_PING,
     KIND_RAW,
     KINDS,
@@ -35,6 +37,7 @@ from ._framing import (
     Frame,
     FrameDecoder,
     HeaderCache,
+    unescape_payload,
 )
 from ._handshake import (
     KIND_SEQUENCE,
@@ -623,7 +626,9 @@ class SocReceiver:
         known_kinds = KINDS | {KIND_SEQUENCE}
         if self._compact:
             known_kinds |= {KIND_COMPACT}
-        parse_frame = HeaderCache(known_kinds).parse
+        header_cache = HeaderCache(known_kinds)
+        parse_frame = header_cache.parse
+        compact = self._compact
         counting = False  # after a sequence marker: count the messages
         send_lock = self._send_lock
         buffer = bytearray(max(self.buffer_size, READ_SIZE))
@@ -659,13 +664,15 @@ class SocReceiver:
             if silence is not None:
                 last_heard = time.monotonic()
             try:
-                frames = (
-                    decoder.feed(view[:count]) if target is None else decoder.sized_filled(count)
+                items = (
+                    decoder.feed_blocks(view[:count])
+                    if target is None
+                    else decoder.sized_filled(count)
                 )
             except ProtocolError as error:  # FrameTooLarge included: the stream is broken
                 logger.warning("%s %r: %s; closing the connection", self, self.name, error)
                 return
-            if not frames:
+            if not items:
                 continue
             lost: Optional[OSError] = None
             try:
@@ -674,7 +681,6 @@ class SocReceiver:
             except OSError as error:  # deliver what was read all the same, then leave
                 lost = error
             last_ack = time.monotonic()
-            stats["frames"] += len(frames)
             batch: List[Tuple[Optional[str], Any]] = []
             to_decode: List[bytes] = []  # payloads of unpacked __jsn__ frames, decoded at once
             decode_at: List[int] = []  # ... and their places in the batch
@@ -683,64 +689,81 @@ class SocReceiver:
             told_to_die = False
             missed = 0
             prefixes = self._prefixes
-            for raw in frames:
-                if type(raw) is Frame:
-                    frame = raw  # a sized frame, parsed already
-                elif raw[:7] not in known_kinds:
-                    logger.debug("%s %r: ignored a frame of kind %r", self, self.name, raw[:7])
-                    continue
-                try:
-                    if type(raw) is not Frame:
-                        frame = parse_frame(raw)  # type: ignore[arg-type]
-                    kind = frame.kind
-                    if kind == KIND_COMPACT or kind == KIND_JSON or kind == KIND_RAW:
+            for item in items:
+                if compact and type(item) is bytes:
+                    # a run of __jsc__ frames with one header, as a stream of tell()s is:
+                    # decoded with a few calls for the whole run
+                    run = self._compact_run(item, header_cache, prefixes)
+                    if run is not None:
+                        tag, nframes, values = run
+                        stats["frames"] += nframes
                         if counting:
-                            self._sequence[2] += 1  # type: ignore[index]
-                        if prefixes is not None and not (frame.tag or "").startswith(prefixes):
+                            self._sequence[2] += nframes  # type: ignore[index]
+                        if values:
+                            batch.extend(zip(repeat(tag), values))
+                        continue
+                frames = item.split(TERMINATOR) if type(item) is bytes else (item,)
+                stats["frames"] += len(frames)
+                for raw in frames:
+                    if type(raw) is Frame:
+                        frame = raw  # a sized frame, parsed already
+                    elif raw[:7] not in known_kinds:
+                        logger.debug("%s %r: ignored a frame of kind %r", self, self.name, raw[:7])
+                        continue
+                    try:
+                        if type(raw) is not Frame:
+                            frame = parse_frame(raw)  # type: ignore[arg-type]
+                        kind = frame.kind
+                        if kind == KIND_COMPACT or kind == KIND_JSON or kind == KIND_RAW:
+                            if counting:
+                                self._sequence[2] += 1  # type: ignore[index]
+                            if prefixes is not None and not (frame.tag or "").startswith(prefixes):
+                                continue
+                        if kind == KIND_COMPACT:  # decoded with the others of this read
+                            if not frame.unpack:
+                                raise ProtocolError("a compact frame with unpack 0")
+                            compact_at.append(len(batch))
+                            compact_payloads.append(frame.payload)
+                            batch.append((frame.tag, None))
                             continue
-                    if kind == KIND_COMPACT:  # decoded with the others of this read
-                        if not frame.unpack:
-                            raise ProtocolError("a compact frame with unpack 0")
-                        compact_at.append(len(batch))
-                        compact_payloads.append(frame.payload)
-                        batch.append((frame.tag, None))
+                        if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
+                            data: Any = frame
+                        elif kind == KIND_JSON:
+                            # decoded now, in one scan with the others of this read, also when
+                            # unpack is 0 (then wrapped in a Message): a payload that does not
+                            # decode is skipped here, never handed to user code
+                            decode_at.append(len(batch))
+                            to_decode.append(frame.payload)
+                            batch.append((frame.tag, None if frame.unpack else frame.payload))
+                            continue
+                        elif kind == KIND_RAW:
+                            data = frame.payload
+                        elif kind == KIND_PING:
+                            if frame.payload:
+                                hello = parse_hello(frame.payload)
+                                if hello is not None:
+                                    silence = silence_limit(hello)
+                                    last_heard = time.monotonic()
+                                    self._start_controls(sock)
+                            continue
+                        elif kind == KIND_SEQUENCE:
+                            marker = parse_sequence(frame.payload)
+                            if marker is not None:
+                                missed += self._on_marker(*marker)
+                                counting = True
+                            continue
+                        else:  # KIND_DIE
+                            told_to_die = True
+                            break
+                    except ProtocolError as error:
+                        stats["bad_frames"] += 1
+                        warnings += 1
+                        if warnings <= MAX_WARNINGS_PER_CONNECTION:
+                            logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
                         continue
-                    if raw_frames and (kind == KIND_JSON or kind == KIND_RAW):
-                        data: Any = frame
-                    elif kind == KIND_JSON:
-                        # decoded now, in one scan with the others of this read, also when
-                        # unpack is 0 (then wrapped in a Message): a payload that does not
-                        # decode is skipped here, never handed to user code
-                        decode_at.append(len(batch))
-                        to_decode.append(frame.payload)
-                        batch.append((frame.tag, None if frame.unpack else frame.payload))
-                        continue
-                    elif kind == KIND_RAW:
-                        data = frame.payload
-                    elif kind == KIND_PING:
-                        if frame.payload:
-                            hello = parse_hello(frame.payload)
-                            if hello is not None:
-                                silence = silence_limit(hello)
-                                last_heard = time.monotonic()
-                                self._start_controls(sock)
-                        continue
-                    elif kind == KIND_SEQUENCE:
-                        marker = parse_sequence(frame.payload)
-                        if marker is not None:
-                            missed += self._on_marker(*marker)
-                            counting = True
-                        continue
-                    else:  # KIND_DIE
-                        told_to_die = True
-                        break
-                except ProtocolError as error:
-                    stats["bad_frames"] += 1
-                    warnings += 1
-                    if warnings <= MAX_WARNINGS_PER_CONNECTION:
-                        logger.warning("%s %r: skipped a bad frame: %s", self, self.name, error)
-                    continue
-                batch.append((frame.tag, data))
+                    batch.append((frame.tag, data))
+                if told_to_die:
+                    break
             if to_decode or compact_payloads:
                 failed = False
                 decoded = list(zip(decode_at, json_loads_many(to_decode))) if to_decode else []
@@ -805,6 +828,36 @@ class SocReceiver:
             if lost is not None:
                 logger.info("%s %r: connection lost: %s", self, self.name, lost)
                 return
+
+    @staticmethod
+    def _compact_run(
+        block: bytes, headers: HeaderCache, prefixes: Optional[Tuple[str, ...]]
+    ) -> Optional[Tuple[Optional[str], int, Optional[List[Any]]]]:
+        """(tag, number of frames, values; None when the subscription leaves them out) of a
+        block of ``__jsc__`` frames that all have the same header, or None for any other
+        block, or one that does not decode: the caller then takes it frame by frame."""
+        if not block.startswith(KIND_COMPACT):
+            return None
+        end = block.find(b":", KIND_LENGTH, KIND_LENGTH + TAG_MAX_LENGTH + 1) + 3
+        if end < 3:
+            return None
+        header = block[:end]
+        fields = headers.header(header)
+        if fields is None or not fields[2]:
+            return None
+        count = block.count(TERMINATOR) + 1
+        if count > 1 and block.count(TERMINATOR + header) != count - 1:
+            return None
+        tag = fields[1]
+        if prefixes is not None and not (tag or "").startswith(prefixes):
+            return tag, count, None
+        joined = block[end:]
+        if count > 1:  # the payloads, comma-separated: one JSON array with the brackets
+            joined = joined.replace(TERMINATOR + header, b",")
+        values = compact_loads_joined(unescape_payload(joined), count)
+        if values is None:
+            return None
+        return tag, count, values
 
     def _start_controls(self, sock: socket.socket) -> None:
         """The transmitter announced itself (hein 1): send our subscription."""

@@ -1382,8 +1382,10 @@ class SocTransmitter:
             frame if type(frame) is bytes else frame.legacy()  # type: ignore[union-attr]
             for frame in self._retained.values()
         )
-        self._send_to(conn, ACK + hello_frame(self.heartbeat) + retained)
+        # counted (receivers, _nslow) before the ACK goes: a tell() made once the receiver
+        # knows it is registered must reach it
         self._update_receivers()
+        self._send_to(conn, ACK + hello_frame(self.heartbeat) + retained)
         logger.info("%s: receiver %r registered from %s", self, name, describe(conn.address))
         self._callbacks.put(("_newconnection", name))
 

@@ -9,6 +9,8 @@ import pytest
 import pytz
 from helpers import WAIT, Collector, assert_eventually, wait_registered
 from test_extensions import (
+    TERM,
+    FakeTransmitter,
     RawReceiver,
     make_frame,
     parse_frame,
@@ -16,9 +18,9 @@ from test_extensions import (
     start_legacy_receiver,
 )
 
-from hein import json_dumps, json_loads
+from hein import SocReceiver, json_dumps, json_loads
 from hein._compact import compact_dumps
-from hein._framing import KIND_COMPACT, KIND_JSON
+from hein._framing import KIND_COMPACT, KIND_JSON, KINDS, HeaderCache
 from hein.soctransmitter import _Big
 
 WHEN = datetime.datetime(2017, 6, 1, 12, 30, tzinfo=pytz.utc)
@@ -219,3 +221,88 @@ def test_a_receiver_registering_during_a_flood_never_sees_a_compact_frame(closer
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     got.wait_for_count(len(told), timeout=3 * WAIT)
     assert [item[0]["i"] for item in got.items] == told
+
+
+def jsc(payload, tag=b""):
+    return make_frame(KIND_COMPACT, tag, True, payload)
+
+
+def test_runs_of_compact_frames_decode_like_single_ones(closer):
+    """The receiver decodes a run of __jsc__ frames with one header in one scan; frames that
+    need escaping, headers inside payloads, other tags, bad payloads and unpack 0 in the
+    middle of a run: each message comes out as it would alone, bad ones skipped and counted."""
+    fake = closer.add(FakeTransmitter())
+    got = Collector()
+    receiver = closer.receiver(fake.port, "runs", process=got)
+    fake.accept(b"runs")
+    tricky = "\u0b16 \u0b16\u0b16 __jsc__:1: \xac"  # UTF-8 of U+0B16 holds \xac\x96
+    assert b"\xac\x96" in tricky.encode()
+    good = [
+        (b"", {"i": 0, "t": WHEN}),
+        (b"", tricky),
+        (b"", [b"\xac\x96\xac\x96", {"\x00": 1}]),
+        (b"other", 3),
+        (b"other", 4),
+        (b"", 5),
+    ]
+    stream = b"".join(jsc(compact_dumps(value), tag) for tag, value in good[:2])
+    stream += jsc(b'{"\\u0000":["t",2017,13]}')  # bad: a run falls back to frame by frame
+    stream += jsc(compact_dumps(good[2][1]))
+    stream += make_frame(KIND_COMPACT, b"", False, b"1")  # bad: unpack 0
+    stream += b"".join(jsc(compact_dumps(value), tag) for tag, value in good[3:])
+    stream += jsc(b"not json")  # bad, alone
+    fake.send(stream)
+    items = got.wait_for_count(len(good))
+    assert items == [(json_loads(json_dumps(v)), tag.decode() or None) for tag, v in good]
+    assert items[1][0] == tricky
+    assert_eventually(lambda: receiver.stats()["bad_frames"] == 3)
+    # a long clean run, sent in one write: the fast path, in order
+    fake.send(b"".join(jsc(compact_dumps({"n": n, "t": WHEN}), b"run") for n in range(5000)))
+    items = got.wait_for_count(len(good) + 5000)[len(good) :]
+    assert [(item[0]["n"], item[1]) for item in items] == [(n, "run") for n in range(5000)]
+    assert receiver.stats()["bad_frames"] == 3 and receiver.stats()["messages"] == 5006
+
+
+def test_compact_run_parts():
+    """SocReceiver._compact_run: which blocks it takes whole, and what it gives."""
+    headers = HeaderCache(KINDS | {KIND_COMPACT})
+    run = SocReceiver._compact_run
+    one = jsc(b"[1]", b"t")[:-4]
+    escaped = jsc('"\u0b16"'.encode(), b"t")[:-4]  # escaped on the wire: \xac\x96\xee
+    assert b"\xac\x96\xee" in escaped
+    block = TERM.join([one, one, escaped])
+    tag, count, values = run(block, headers, None)
+    assert (tag, count, values) == ("t", 3, [[1], [1], "\u0b16"])
+    assert run(block, headers, ("x",)) == ("t", 3, None)  # counted, not delivered
+    assert run(block, headers, ("t",))[2][:2] == [[1], [1]]
+    mixed = TERM.join([one, jsc(b"[1]", b"u")[:-4]])
+    assert run(mixed, headers, None) is None  # two headers: frame by frame
+    assert run(make_frame(KIND_JSON, b"", True, b'"i:1"')[:-4], headers, None) is None
+    assert run(TERM.join([one, jsc(b"[1", b"t")[:-4]]), headers, None) is None
+    assert run(jsc(b"1,2", b"t")[:-4], headers, None) is None  # two values in one payload
+
+
+def test_a_message_told_as_soon_as_the_receiver_is_connected_reaches_it(closer):
+    """The transmitter counts a new receiver as one that may not read the compact encoding
+    before its registration ACK leaves: a tell() made as soon as the receiver knows it is
+    registered (here, while the transmitter's thread is held right after writing that ACK)
+    is in the extended JSON, and reaches it."""
+    t = closer.transmitter()
+    told = threading.Event()
+    send_to = t._send_to
+
+    def held_send_to(conn, data):
+        send_to(conn, data)
+        if data[:8] == b"\x06__png__":  # the registration ACK and the announcing ping
+            told.wait(WAIT)
+
+    t._send_to = held_send_to
+    connected = threading.Event()
+    got = Collector()
+    receiver = closer.receiver(t.port, "quick", process=got, connect=False)
+    receiver._newconnection = connected.set
+    receiver.connect()
+    assert connected.wait(WAIT)
+    t.tell({"first": WHEN})
+    told.set()
+    assert got.wait_for_count(1) == [({"first": WHEN}, None)]
