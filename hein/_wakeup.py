@@ -41,6 +41,11 @@ class Waker:
         except (BlockingIOError, OSError):  # full (a wake is pending anyway) or closed
             pass
 
+    @property
+    def armed(self) -> bool:
+        """Whether the loop may be asleep in ``select()`` (armed and not woken yet)."""
+        return self._armed
+
     def arm(self) -> None:
         """Called by the loop thread before its last look at the queues and ``select()``."""
         self._armed = True

@@ -17,6 +17,7 @@ import logging
 import queue
 import socket
 import ssl
+import struct
 import threading
 import time
 from itertools import repeat
@@ -99,6 +100,28 @@ def _check_tags(tags: Optional[Iterable[str]]) -> Optional[Tuple[str, ...]]:
     if "" in prefixes:
         return None
     return tuple(sorted(set(prefixes)))
+
+
+_TIMEVAL = struct.pack("ll", int(_POLL), int(_POLL % 1 * 1_000_000))
+
+
+def _set_poll_timeout(sock: socket.socket) -> None:
+    """Make reads and writes on ``sock`` give up after ``_POLL`` seconds.
+
+    A plain socket gets the kernel's timeouts (SO_RCVTIMEO, SO_SNDTIMEO: a timed-out call
+    raises BlockingIOError) in blocking mode, so that each read or write is one system call;
+    Python's own timeout (``settimeout``) polls before each of them. TLS sockets keep it.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(_POLL)
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL)
+    except OSError:  # pragma: no cover - a platform without them
+        sock.settimeout(_POLL)
+        return
+    sock.settimeout(None)
 
 
 def _read_frame(sock: socket.socket) -> bytes:
@@ -633,7 +656,7 @@ class SocReceiver:
         send_lock = self._send_lock
         buffer = bytearray(max(self.buffer_size, READ_SIZE))
         view = memoryview(buffer)
-        sock.settimeout(_POLL)
+        _set_poll_timeout(sock)
         warnings = 0
         stats = self._stats
         raw_frames = self._raw_frames
@@ -643,7 +666,7 @@ class SocReceiver:
             target = decoder.sized_target()
             try:
                 count = sock.recv_into(buffer if target is None else target)
-            except socket.timeout:
+            except (socket.timeout, BlockingIOError):  # _POLL seconds without a byte
                 if silence is not None and time.monotonic() - last_heard > silence:
                     logger.warning(
                         "%s %r: nothing from the transmitter for %.3g s (it announced "

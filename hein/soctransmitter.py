@@ -103,6 +103,9 @@ _HEADERS: Dict[Tuple[bytes, Optional[str], bool], Tuple[str, bytes]] = {}
 # without asking producers to wake it.
 LINGER_AFTER = 4
 LINGER = 0.0002
+# A tell() at least this many seconds after the previous one may be sent at once by its own
+# thread (see SocTransmitter._send_now)
+DIRECT_GAP = 0.0005
 _TIMER_PERIOD = 0.05
 _PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
 _DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
@@ -343,6 +346,12 @@ class SocTransmitter:
         # registered receivers that did not ask for the compact encoding (set by the loop
         # thread): while there is one, tell() writes the extended JSON, which all can read
         self._nslow = 0
+        # Held by the loop thread except while it sleeps in select(): a tell() that finds the
+        # loop asleep with nothing queued may take it and send the message itself (no wake-up,
+        # no hand-over to another thread: the latency of sparse messages)
+        self._busy = threading.Lock()
+        self._last_tell = 0.0
+        self._stop_deadline = 0.0
         if start:
             self.start()
 
@@ -541,7 +550,36 @@ class SocTransmitter:
             message = _Big(kind, clean, unpack, payload)
         else:
             message = header + escape_payload(payload) + TERMINATOR
+            if not retain and self._send_now(message):
+                return True
         return self._queue(message, clean if retain else None)
+
+    def _send_now(self, frame: bytes) -> bool:
+        """Broadcast ``frame`` from the calling thread when the loop thread is asleep with
+        nothing queued and the previous message was told a while ago (a sparse stream); False
+        (nothing done) otherwise: the caller queues it. Bursts are queued, so that the loop
+        writes them in few system calls."""
+        now = time.monotonic()
+        last = self._last_tell
+        self._last_tell = now
+        waker = self._waker
+        if now - last < DIRECT_GAP or self._inbox or waker is None or not waker.armed:
+            return False
+        busy = self._busy
+        if not busy.acquire(blocking=False):
+            return False
+        try:
+            if (
+                self._inbox
+                or not self._running
+                or self._stop_deadline
+                or len(frame) > (self.max_queue_bytes)
+            ):
+                return False
+            self._broadcast([frame])
+            return True
+        finally:
+            busy.release()
 
     def _queue(self, frame: Union[bytes, _Big], retain_tag: Optional[str] = None) -> bool:
         size = len(frame) if type(frame) is bytes else frame.size  # type: ignore[union-attr]
@@ -730,6 +768,8 @@ class SocTransmitter:
         self._next_timers = 0.0
         self._flush_waiters: List[threading.Event] = []
         listeners = self._listeners
+        busy = self._busy
+        busy.acquire()  # released only while asleep in select()
         try:
             selector.register(waker.fileno(), selectors.EVENT_READ, None)
             for sock in listeners:
@@ -754,8 +794,15 @@ class SocTransmitter:
                     events = selector.select(min(timeout, LINGER))
                 else:
                     waker.arm()  # from here on producers write a byte to wake us
-                    # look at the inbox again *after* arming: what came in between wrote no byte
-                    events = selector.select(0 if inbox and not self._stop_deadline else timeout)
+                    busy.release()  # (or send what they tell themselves: _send_now)
+                    try:
+                        # look at the inbox again *after* arming: what came in between wrote
+                        # no byte
+                        events = selector.select(
+                            0 if inbox and not self._stop_deadline else timeout
+                        )
+                    finally:
+                        busy.acquire()
                     waker.disarm()
                 self._drained_items = 0
                 for key, mask in events:
@@ -787,6 +834,7 @@ class SocTransmitter:
         finally:
             self._shutdown_connections()
             self._close_listeners()
+            busy.release()
             selector.close()
             waker.close()
             self.receivers = {}
