@@ -105,14 +105,14 @@ def clean_tag(tag: Union[str, bytes, None]) -> str:
 
 def escape_payload(payload: bytes) -> bytes:
     """Escape every terminator half inside ``payload``."""
-    if _END in payload:
+    if payload.find(_END) >= 0:  # (not "in": bytes.__contains__ tries an int first, dearly)
         return payload.replace(_END, _ESCAPED_END)
     return payload
 
 
 def unescape_payload(payload: bytes) -> bytes:
     """Undo :func:`escape_payload`."""
-    if _END in payload:
+    if payload.find(_END) >= 0:  # (not "in": bytes.__contains__ tries an int first, dearly)
         return payload.replace(_ESCAPED_END, _END)
     return payload
 
@@ -221,7 +221,7 @@ class HeaderCache:
             self._headers[data[:end]] = (frame.kind, frame.tag, frame.unpack)
             return frame
         payload = data[end:]
-        if _END in payload:
+        if payload.find(_END) >= 0:
             payload = payload.replace(_ESCAPED_END, _END)
         return Frame(header[0], header[1], header[2], payload)
 

@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._compact import compact_dumps, compact_loads
 from ._framing import (
@@ -109,14 +109,8 @@ DIRECT_GAP = 0.0005
 _TIMER_PERIOD = 0.05
 _PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
 _DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
-_DEPRECATED_SENDERS = (
-    "tell_json",
-    "tell_json_ext",
-    "tell_dict",
-    "tell_dict_type",
-    "tell_list",
-    "tell_list_type",
-)
+# Half a terminator: a payload that holds it needs escaping (see escape_payload)
+_END = TERMINATOR[:2]
 
 
 @dataclass
@@ -545,25 +539,39 @@ class SocTransmitter:
                 _HEADERS.clear()
             _HEADERS[(kind, tag, unpack)] = cached
         clean, header = cached
-        message: Union[bytes, _Big]
         if len(payload) > SIZED_THRESHOLD:
-            message = _Big(kind, clean, unpack, payload)
-        else:
-            message = header + escape_payload(payload) + TERMINATOR
-            if not retain and self._send_now(message):
-                return True
-        return self._queue(message, clean if retain else None)
+            return self._queue(_Big(kind, clean, unpack, payload), clean if retain else None)
+        if payload.find(_END) >= 0:
+            payload = escape_payload(payload)
+        frame = header + payload + TERMINATOR
+        if retain:
+            return self._queue(frame, clean)
+        # the common case, in short: a small message, not retained
+        now = time.monotonic()
+        if now - self._last_tell >= DIRECT_GAP and self._send_now(frame):
+            self._last_tell = now
+            return True
+        self._last_tell = now
+        size = len(frame)
+        with self._inbox_lock:
+            queued = self._inbox_bytes + size <= self.max_queue_bytes
+            if queued:
+                self._inbox_bytes += size
+                self._inbox.append(frame)
+        if not queued:  # over max_queue_bytes, or waiting for room: the long way
+            return self._queue(frame)
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+        return True
 
     def _send_now(self, frame: bytes) -> bool:
         """Broadcast ``frame`` from the calling thread when the loop thread is asleep with
-        nothing queued and the previous message was told a while ago (a sparse stream); False
-        (nothing done) otherwise: the caller queues it. Bursts are queued, so that the loop
-        writes them in few system calls."""
-        now = time.monotonic()
-        last = self._last_tell
-        self._last_tell = now
+        nothing queued (the caller checked that the previous message was told a while ago: a
+        sparse stream); False (nothing done) otherwise: the caller queues it. Bursts are
+        queued, so that the loop writes them in few system calls."""
         waker = self._waker
-        if now - last < DIRECT_GAP or self._inbox or waker is None or not waker.armed:
+        if self._inbox or waker is None or not waker.armed:
             return False
         busy = self._busy
         if not busy.acquire(blocking=False):
@@ -708,19 +716,35 @@ class SocTransmitter:
 
     # ------------------------------------------------------------------- deprecated senders
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name in _DEPRECATED_SENDERS:
+    # (methods, not a __getattr__: a class with __getattr__ makes every attribute lookup of its
+    # instances slower, tell()'s included)
+    def _deprecated(self, name: str, v: Any, tag: Optional[str], unpack: bool) -> bool:
+        warnings.warn("%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=3)
+        return self.tell(v, tag=tag, unpack=unpack)
 
-            def deprecated(v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-                warnings.warn(
-                    "%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=2
-                )
-                return self.tell(v, tag=tag, unpack=unpack)
+    def tell_json(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_json", v, tag, unpack)
 
-            deprecated.__name__ = name
-            deprecated.__doc__ = "Deprecated alias of :meth:`tell` (warns, then sends)."
-            return deprecated
-        raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
+    def tell_json_ext(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_json_ext", v, tag, unpack)
+
+    def tell_dict(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_dict", v, tag, unpack)
+
+    def tell_dict_type(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_dict_type", v, tag, unpack)
+
+    def tell_list(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_list", v, tag, unpack)
+
+    def tell_list_type(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
+        """Deprecated alias of :meth:`tell` (warns, then sends)."""
+        return self._deprecated("tell_list_type", v, tag, unpack)
 
     def tell_key(self, *args: Any, **kwargs: Any) -> bool:
         """Deprecated and meaningless since hein 0.2: warns and sends nothing."""
