@@ -5,7 +5,7 @@ import sys
 
 from helpers import REPO_ROOT
 
-REFERENCE = REPO_ROOT / "benchmarks" / "reference" / "2026-12-04-final.json"
+REFERENCE = REPO_ROOT / "benchmarks" / "reference" / "2026-12-04-compact.json"
 
 
 def run_plot(*args, block_matplotlib=False):
