@@ -48,60 +48,12 @@ _BYTES_TYPES = (bytes, bytearray, memoryview)
 
 
 def _leaf_datetime(value: Any) -> Any:
-    tzinfo = value.tzinfo
-    if tzinfo is None:
-        return {
-            _MARK: [
-                "t",
-                value.year,
-                value.month,
-                value.day,
-                value.hour,
-                value.minute,
-                value.second,
-                value.microsecond,
-            ]
-        }
-    if tzinfo is _s._PYTZ_UTC or tzinfo is _UTC:
-        wall = value
-        offset = 0
-    else:
-        delta = value.utcoffset()
-        if delta is None:  # a tzinfo that knows no offset: the value is naive after all
-            return _leaf_datetime(value.replace(tzinfo=None))
-        offset = delta // _s._ONE_MICROSECOND
-        try:
-            wall = value.replace(tzinfo=None) - delta
-        except OverflowError:  # the UTC wall time is out of range: send the local one
-            return {
-                _MARK: [
-                    "t",
-                    value.year,
-                    value.month,
-                    value.day,
-                    value.hour,
-                    value.minute,
-                    value.second,
-                    value.microsecond,
-                    offset,
-                    _s._cached_zone_id(tzinfo),
-                    1,
-                ]
-            }
-    return {
-        _MARK: [
-            "t",
-            wall.year,
-            wall.month,
-            wall.day,
-            wall.hour,
-            wall.minute,
-            wall.second,
-            wall.microsecond,
-            offset,
-            _s._cached_zone_id(tzinfo),
-        ]
-    }
+    fields, offset, zone_id, local = _s._datetime_parts(value)
+    if offset is None:
+        return {_MARK: ["t", *fields]}
+    if local:
+        return {_MARK: ["t", *fields, offset, zone_id, 1]}
+    return {_MARK: ["t", *fields, offset, zone_id]}
 
 
 def _leaf_bytes(value: Any) -> Any:
@@ -310,21 +262,6 @@ def _hook(node: Dict[str, Any]) -> Any:
 _SCAN = json.JSONDecoder(object_hook=_hook).scan_once  # type: ignore[attr-defined]
 
 
-def _scan(text: str) -> Any:
-    start = 0
-    if text[:1] in _s._WHITESPACE and text:
-        start = len(text) - len(text.lstrip(_s._WHITESPACE))
-    try:
-        value, end = _SCAN(text, start)
-    except StopIteration:
-        raise ProtocolError("payload is not JSON: %r" % text[:50]) from None
-    except (ValueError, RecursionError) as error:
-        raise ProtocolError("payload is not JSON: %s" % error) from None
-    if end != len(text) and text[end:].strip(_s._WHITESPACE):
-        raise ProtocolError("trailing data after the JSON document")
-    return value
-
-
 def compact_loads(data: bytes) -> Any:
     """Deserialize a compact payload (as written by :func:`compact_dumps`).
 
@@ -335,7 +272,7 @@ def compact_loads(data: bytes) -> Any:
         text = bytes(data).decode("utf-8", "surrogatepass")
     except (TypeError, UnicodeDecodeError) as error:
         raise ProtocolError("compact payload is not UTF-8: %s" % error) from None
-    return _scan(text)
+    return _s.scan_document(_SCAN, text)
 
 
 def compact_loads_many(payloads: List[bytes]) -> List[Any]:

@@ -166,34 +166,34 @@ def _cached_zone_id(tzinfo: Any) -> int:
     return zone_id
 
 
-def _enc_datetime(value: _datetime) -> str:
+def _datetime_parts(value: _datetime) -> Tuple[Tuple[int, ...], Optional[int], int, bool]:
+    """How a datetime travels (in both encodings): the fields of its wall time (year to
+    microsecond), its UTC offset in microseconds (None: naive), its zone id, and whether that
+    wall time is the local one.
+
+    An aware value travels as its UTC wall time, unless that is out of datetime's range: then
+    as its local wall time.
+    """
     tzinfo = value.tzinfo
-    if tzinfo is None:
-        return "t:%d,%d,%d,%d,%d,%d,%d," % (
-            value.year,
-            value.month,
-            value.day,
-            value.hour,
-            value.minute,
-            value.second,
-            value.microsecond,
-        )
+    offset = None
+    zone_id = 0
+    local = False
+    wall = value
     if tzinfo is _UTC or tzinfo is _PYTZ_UTC:
-        wall = value
-        seconds = micros = 0
-        zone = "UTC"
-    else:
-        offset = value.utcoffset()
-        if offset is None:  # a tzinfo that knows no offset: the value is naive after all
-            return _enc_datetime(value.replace(tzinfo=None))
-        seconds, micros = divmod(offset // _ONE_MICROSECOND, 1_000_000)
-        try:
-            wall = value.replace(tzinfo=None) - offset
-            zone = "UTC"
-        except OverflowError:  # the UTC wall time is out of range: send the local one
-            wall = value
-            zone = ""
-    text = "t:%d,%d,%d,%d,%d,%d,%d,%d,%d" % (
+        offset = 0
+        zone_id = _cached_zone_id(tzinfo)
+    elif tzinfo is not None:
+        delta = value.utcoffset()
+        if delta is None:  # a tzinfo that knows no offset: the value is naive after all
+            pass
+        else:
+            offset = delta // _ONE_MICROSECOND
+            zone_id = _cached_zone_id(tzinfo)
+            try:
+                wall = value.replace(tzinfo=None) - delta
+            except OverflowError:  # the UTC wall time is out of range: the local one
+                local = True
+    fields = (
         wall.year,
         wall.month,
         wall.day,
@@ -201,9 +201,17 @@ def _enc_datetime(value: _datetime) -> str:
         wall.minute,
         wall.second,
         wall.microsecond,
-        seconds,
-        _cached_zone_id(tzinfo),
     )
+    return fields, offset, zone_id, local
+
+
+def _enc_datetime(value: _datetime) -> str:
+    fields, offset, zone_id, local = _datetime_parts(value)
+    if offset is None:
+        return "t:%d,%d,%d,%d,%d,%d,%d," % fields
+    seconds, micros = divmod(offset, 1_000_000)
+    text = "t:%d,%d,%d,%d,%d,%d,%d,%d,%d" % (*fields, seconds, zone_id)
+    zone = "" if local else "UTC"
     if micros:
         return "%s,%d,%s" % (text, micros, zone)
     return text + "," + zone
@@ -594,6 +602,27 @@ def _decode(node: Any) -> Any:
     raise ProtocolError("leaf %r is not a typed string" % (node,))
 
 
+def scan_document(scan: Callable[[str, int], Tuple[Any, int]], text: str) -> Any:
+    """The one JSON document ``text`` holds (white space around it allowed), read by a JSON
+    decoder's ``scan_once``.
+
+    Raises:
+        ProtocolError: ``text`` is not one JSON document.
+    """
+    start = 0
+    if text[:1] in _WHITESPACE and text:
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = scan(text, start)
+    except StopIteration:
+        raise ProtocolError("payload is not JSON: %r" % text[:50]) from None
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError("payload is not JSON: %s" % error) from None
+    if end != len(text) and text[end:].strip(_WHITESPACE):
+        raise ProtocolError("trailing data after the JSON document")
+    return value
+
+
 def json_loads(data: bytes) -> Any:
     """Deserialize extended JSON (as written by :func:`json_dumps` or by hein 0.2.3).
 
@@ -611,17 +640,7 @@ def json_loads(data: bytes) -> Any:
             text = bytes(data).decode("latin-1")
         except TypeError:
             raise ProtocolError("payload must be bytes, not %s" % type(data).__name__) from None
-    start = 0
-    if text[:1] in _WHITESPACE and text:
-        start = len(text) - len(text.lstrip(_WHITESPACE))
-    try:
-        tree, end = _JSON_SCAN(text, start)
-    except StopIteration:
-        raise ProtocolError("payload is not JSON: %r" % text[:50]) from None
-    except (ValueError, RecursionError) as error:
-        raise ProtocolError("payload is not JSON: %s" % error) from None
-    if end != len(text) and text[end:].strip(_WHITESPACE):
-        raise ProtocolError("trailing data after the JSON document")
+    tree = scan_document(_JSON_SCAN, text)
     try:
         return _decode(tree)
     except RecursionError:

@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._compact import compact_dumps, compact_loads
 from ._framing import (
@@ -111,6 +111,21 @@ _PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
 _DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
 # Half a terminator: a payload that holds it needs escaping (see escape_payload)
 _END = TERMINATOR[:2]
+
+
+def _deprecated_alias(name: str) -> Callable[..., bool]:
+    """A deprecated 0.2.3 sender of SocTransmitter: warns, then does what ``tell`` does."""
+
+    def sender(
+        self: "SocTransmitter", v: Any, tag: Optional[str] = None, unpack: bool = True
+    ) -> bool:
+        warnings.warn("%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=2)
+        return self.tell(v, tag=tag, unpack=unpack)
+
+    sender.__name__ = name
+    sender.__qualname__ = "SocTransmitter." + name
+    sender.__doc__ = "Deprecated alias of :meth:`tell` (warns, then sends)."
+    return sender
 
 
 @dataclass
@@ -716,35 +731,14 @@ class SocTransmitter:
 
     # ------------------------------------------------------------------- deprecated senders
 
-    # (methods, not a __getattr__: a class with __getattr__ makes every attribute lookup of its
-    # instances slower, tell()'s included)
-    def _deprecated(self, name: str, v: Any, tag: Optional[str], unpack: bool) -> bool:
-        warnings.warn("%s is deprecated, use tell instead" % name, DeprecationWarning, stacklevel=3)
-        return self.tell(v, tag=tag, unpack=unpack)
-
-    def tell_json(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_json", v, tag, unpack)
-
-    def tell_json_ext(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_json_ext", v, tag, unpack)
-
-    def tell_dict(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_dict", v, tag, unpack)
-
-    def tell_dict_type(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_dict_type", v, tag, unpack)
-
-    def tell_list(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_list", v, tag, unpack)
-
-    def tell_list_type(self, v: Any, tag: Optional[str] = None, unpack: bool = True) -> bool:
-        """Deprecated alias of :meth:`tell` (warns, then sends)."""
-        return self._deprecated("tell_list_type", v, tag, unpack)
+    # (class attributes, not a __getattr__: a class with __getattr__ makes every attribute
+    # lookup of its instances slower, tell()'s included)
+    tell_json = _deprecated_alias("tell_json")
+    tell_json_ext = _deprecated_alias("tell_json_ext")
+    tell_dict = _deprecated_alias("tell_dict")
+    tell_dict_type = _deprecated_alias("tell_dict_type")
+    tell_list = _deprecated_alias("tell_list")
+    tell_list_type = _deprecated_alias("tell_list_type")
 
     def tell_key(self, *args: Any, **kwargs: Any) -> bool:
         """Deprecated and meaningless since hein 0.2: warns and sends nothing."""

@@ -24,6 +24,7 @@ from test_serializer import (
     leaves,
     short_id,
     texts,
+    unserializable_values,
     values,
 )
 
@@ -215,19 +216,9 @@ def test_registered_types_including_subclasses_of_json_types():
 
 
 def test_recursive_and_too_deep_values_raise_value_error():
-    loop = []
-    loop.append(loop)
-    with pytest.raises(ValueError):
-        compact_dumps(loop)
-    deep = []
-    for _ in range(100_000):
-        deep = [deep]
-    with pytest.raises(ValueError):
-        compact_dumps(deep)
-    nasty = {1: []}
-    nasty[1].append(nasty)  # the rebuilding walk recurses too
-    with pytest.raises(ValueError):
-        compact_dumps(nasty)
+    for value in unserializable_values():  # (the rebuilding walk recurses too: the dict)
+        with pytest.raises(ValueError):
+            compact_dumps(value)
 
 
 BAD_PAYLOADS = [

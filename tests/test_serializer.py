@@ -423,16 +423,23 @@ def test_builtin_subclasses_travel_as_the_builtin(value, expected):
     assert got == expected and type(got) is type(expected)
 
 
-def test_recursive_and_too_deep_values_raise_value_error():
+def unserializable_values():
+    """A list that contains itself, a list nested 100,000 deep, a dict that contains itself
+    under a key that is not str."""
     loop = []
     loop.append(loop)
-    with pytest.raises(ValueError):
-        json_dumps(loop)
     deep = []
     for _ in range(100_000):
         deep = [deep]
-    with pytest.raises(ValueError):
-        json_dumps(deep)
+    nasty = {1: []}
+    nasty[1].append(nasty)
+    return [loop, deep, nasty]
+
+
+def test_recursive_and_too_deep_values_raise_value_error():
+    for value in unserializable_values():
+        with pytest.raises(ValueError):
+            json_dumps(value)
 
 
 # ---------------------------------------------------------------------------- dates and zones
