@@ -39,10 +39,7 @@ __all__ = ["compact_dumps", "compact_loads", "compact_loads_many", "compact_load
 
 _MARK = "\x00"
 _datetime = _s._datetime
-_UTC_ZONES = _s._UTC_ZONES
 _UTC = _s._UTC
-_NATIVE_LEAVES = frozenset((str, int, float, bool, type(None)))
-_BYTES_TYPES = (bytes, bytearray, memoryview)
 
 # ----------------------------------------------------------------------------------- encoding
 
@@ -279,14 +276,9 @@ def compact_loads_many(payloads: List[bytes]) -> List[Any]:
     """Decode several compact payloads at once, like :func:`hein._serializer.json_loads_many`
     (a :class:`~hein._serializer.DecodeFailure` in place of each bad one)."""
     if len(payloads) > 1:
-        text = ""
-        try:
-            text = (b"[" + b",".join(payloads) + b"]").decode("utf-8", "surrogatepass")
-            values, end = _SCAN(text, 0)
-        except (StopIteration, ValueError, RecursionError, ProtocolError):
-            values, end = (), -1
-        if end == len(text) and len(values) == len(payloads):
-            return values  # type: ignore[no-any-return]
+        values = compact_loads_joined(b",".join(payloads), len(payloads))
+        if values is not None:
+            return values
     out: List[Any] = []
     for payload in payloads:
         try:

@@ -194,36 +194,34 @@ class HeaderCache:
         self.known_kinds = known_kinds
         self._headers: Dict[bytes, Tuple[bytes, Optional[str], bool]] = {}
 
-    def header(self, header: bytes) -> Optional[Tuple[bytes, Optional[str], bool]]:
-        """(kind, tag, unpack) of a frame header (``KIND TAG:UNPACK:``), or None if invalid."""
-        fields = self._headers.get(header)
+    def header(self, data: bytes) -> Optional[Tuple[int, Tuple[bytes, Optional[str], bool]]]:
+        """Where the header of the frame ``data`` ends, and its (kind, tag, unpack); None if
+        that header is not valid."""
+        end = data.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
+        if end < 3:
+            return None
+        fields = self._headers.get(data[:end])
         if fields is None:
             try:
-                frame = parse_frame(header, self.known_kinds)
+                frame = parse_frame(data[:end], self.known_kinds)
             except ProtocolError:
-                return None
-            if frame.payload:
                 return None
             fields = (frame.kind, frame.tag, frame.unpack)
             if len(self._headers) >= self.MAX_HEADERS:
                 self._headers.clear()
-            self._headers[header] = fields
-        return fields
+            self._headers[data[:end]] = fields
+        return end, fields
 
     def parse(self, data: bytes) -> Frame:
         """Parse one frame (without terminator); raises ProtocolError like :func:`parse_frame`."""
-        end = data.find(b":", KIND_LENGTH, _MAX_HEADER) + 3
-        header = self._headers.get(data[:end]) if end > 2 else None
-        if header is None:
-            frame = parse_frame(data, self.known_kinds)
-            if len(self._headers) >= self.MAX_HEADERS:
-                self._headers.clear()
-            self._headers[data[:end]] = (frame.kind, frame.tag, frame.unpack)
-            return frame
+        found = self.header(data)
+        if found is None:
+            return parse_frame(data, self.known_kinds)  # raises the ProtocolError that says why
+        end, (kind, tag, unpack) = found
         payload = data[end:]
         if payload.find(_END) >= 0:
             payload = payload.replace(_ESCAPED_END, _END)
-        return Frame(header[0], header[1], header[2], payload)
+        return Frame(kind, tag, unpack, payload)
 
 
 class FrameDecoder:

@@ -78,6 +78,7 @@ except ImportError as _error:  # pragma: no cover - depends on the environment
         "hein.bridge needs nats-py: pip install 'hein[nats]' (%s)" % _error
     ) from _error
 
+from ._checks import check_positive_int
 from ._framing import (
     DEFAULT_MAX_FRAME_SIZE,
     KIND_JSON,
@@ -741,12 +742,8 @@ class HeinToNats(_Bridge):
         )
         self.prefix = _check_prefix(prefix)
         self._set_stream(stream, stream_config)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
-        if isinstance(queue_bytes, bool) or not isinstance(queue_bytes, int) or queue_bytes < 1:
-            raise ValueError("queue_bytes must be a positive int, got %r" % (queue_bytes,))
-        self.queue_size = queue_size
-        self.queue_bytes = queue_bytes
+        self.queue_size = check_positive_int("queue_size", queue_size)
+        self.queue_bytes = check_positive_int("queue_bytes", queue_bytes)
         self._receiver = _FrameReceiver(
             self,
             port,
@@ -1201,16 +1198,9 @@ class NatsToHein(_Bridge):
             raise ValueError("deliver must be all, new, last or last_per_subject")
         self.durable = durable
         self.ignore_origins = frozenset([self.bridge_id, *ignore_origins])
-        for label, value in (
-            ("pending_msgs", pending_msgs),
-            ("pending_bytes", pending_bytes),
-            ("max_backlog", max_backlog),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError("%s must be a positive int, got %r" % (label, value))
-        self.pending_msgs = pending_msgs
-        self.pending_bytes = pending_bytes
-        self.max_backlog = max_backlog
+        self.pending_msgs = check_positive_int("pending_msgs", pending_msgs)
+        self.pending_bytes = check_positive_int("pending_bytes", pending_bytes)
+        self.max_backlog = check_positive_int("max_backlog", max_backlog)
         self._counts.update(
             received=0,
             forwarded=0,

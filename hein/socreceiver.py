@@ -23,13 +23,13 @@ import time
 from itertools import repeat
 from typing import Any, AsyncIterator, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from ._checks import check_positive_int
 from ._compact import compact_loads_joined, compact_loads_many
 from ._framing import (
     ACK,
     DEFAULT_MAX_FRAME_SIZE,
     KIND_COMPACT,
     KIND_JSON,
-    KIND_LENGTH,
     KIND_PING,
     KIND_RAW,
     KINDS,
@@ -227,9 +227,7 @@ class SocReceiver:
             raise ValueError("name must not be empty")
         self._raw_name = raw_name
         self.name = raw_name.decode("utf-8")
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            raise ValueError("buffer_size must be a positive int, got %r" % (buffer_size,))
-        self.buffer_size = buffer_size
+        self.buffer_size = check_positive_int("buffer_size", buffer_size)
         if isinstance(connectWait, bool) or not isinstance(connectWait, (int, float)):
             raise TypeError("connectWait must be a number of seconds")
         if not connectWait >= 0.01:
@@ -263,8 +261,7 @@ class SocReceiver:
             "dropped": 0,
             "missed": 0,
         }
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError("queue_size must be a positive int, got %r" % (queue_size,))
+        check_positive_int("queue_size", queue_size)
         self.pull = bool(pull)
         self._authkey = check_authkey(authkey)
         self.ssl_context = check_ssl_context(ssl_context)
@@ -861,13 +858,11 @@ class SocReceiver:
         block, or one that does not decode: the caller then takes it frame by frame."""
         if not block.startswith(KIND_COMPACT):
             return None
-        end = block.find(b":", KIND_LENGTH, KIND_LENGTH + TAG_MAX_LENGTH + 1) + 3
-        if end < 3:
+        found = headers.header(block)
+        if found is None or not found[1][2]:  # (unpack 0: refused frame by frame)
             return None
+        end, fields = found
         header = block[:end]
-        fields = headers.header(header)
-        if fields is None or not fields[2]:
-            return None
         count = block.count(TERMINATOR) + 1
         if count > 1 and block.count(TERMINATOR + header) != count - 1:
             return None

@@ -30,8 +30,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
+from ._checks import check_positive_int
 from ._compact import compact_dumps, compact_loads
 from ._framing import (
+    _END,  # half a terminator: a payload that holds it needs escaping
     ACK,
     KIND_COMPACT,
     KIND_DIE,
@@ -109,8 +111,6 @@ DIRECT_GAP = 0.0005
 _TIMER_PERIOD = 0.05
 _PING_FRAME = frame_header(KIND_PING, "", True) + TERMINATOR
 _DIE_FRAME = frame_header(KIND_DIE, "", True) + TERMINATOR
-# Half a terminator: a payload that holds it needs escaping (see escape_payload)
-_END = TERMINATOR[:2]
 
 
 def _deprecated_alias(name: str) -> Callable[..., bool]:
@@ -178,13 +178,20 @@ class _Big:
     def as_json(self) -> Optional["_Big"]:
         """This message in the extended JSON (for a compact one), or None if it cannot be."""
         if self._json is None:
-            try:
-                payload = json_dumps(compact_loads(self.payload))
-            except (ProtocolError, ValueError) as error:
-                logger.error("cannot re-encode a compact message: %s", error)
+            payload = _extended_json(self.payload)
+            if payload is None:
                 return None
             self._json = _Big(KIND_JSON, self.tag, self.unpack, payload)
         return self._json
+
+
+def _extended_json(compact: bytes) -> Optional[bytes]:
+    """A compact payload re-encoded in the extended JSON, or None (logged) if it cannot be."""
+    try:
+        return json_dumps(compact_loads(compact))
+    except (ProtocolError, ValueError) as error:
+        logger.error("cannot re-encode a compact message: %s", error)
+        return None
 
 
 @dataclass(eq=False)
@@ -311,9 +318,7 @@ class SocTransmitter:
         if max_queue_bytes < 1024:
             raise ValueError("max_queue_bytes must be at least 1024, got %d" % max_queue_bytes)
         self.max_queue_bytes = max_queue_bytes
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError("max_pending must be a positive int, got %r" % (max_pending,))
-        self.max_pending = max_pending
+        self.max_pending = check_positive_int("max_pending", max_pending)
         self.allow_remote = bool(allow_remote)
         self._authkey = check_authkey(authkey)
         self.ssl_context = check_ssl_context(ssl_context)
@@ -568,17 +573,9 @@ class SocTransmitter:
             return True
         self._last_tell = now
         size = len(frame)
-        with self._inbox_lock:
-            queued = self._inbox_bytes + size <= self.max_queue_bytes
-            if queued:
-                self._inbox_bytes += size
-                self._inbox.append(frame)
-        if not queued:  # over max_queue_bytes, or waiting for room: the long way
-            return self._queue(frame)
-        waker = self._waker
-        if waker is not None:
-            waker.wake()
-        return True
+        if size <= self.max_queue_bytes and self._try_enqueue(frame, size):
+            return True
+        return self._queue(frame)  # too large (it raises), or waiting for room
 
     def _send_now(self, frame: bytes) -> bool:
         """Broadcast ``frame`` from the calling thread when the loop thread is asleep with
@@ -628,17 +625,21 @@ class SocTransmitter:
             item: Any = ("retain", key, frame)
         else:
             item = frame
-        lock = self._inbox_lock
-        while True:
-            with lock:
-                if self._inbox_bytes <= self.max_queue_bytes or not self._running:
-                    self._inbox_bytes += size
-                    self._inbox.append(item)
-                    break
-                self._room.clear()
+        while not self._try_enqueue(item, size):
             # a producer faster than the loop thread waits for it here (never on the
             # network: the loop hands frames to the receivers' queues without blocking)
             self._room.wait(0.1)
+        return True
+
+    def _try_enqueue(self, item: Any, size: int) -> bool:
+        """Hand ``item`` (of ``size`` bytes) to the loop thread, unless more than
+        max_queue_bytes wait for it already: then False (wait for ``_room``)."""
+        with self._inbox_lock:
+            if self._inbox_bytes > self.max_queue_bytes and self._running:
+                self._room.clear()
+                return False
+            self._inbox_bytes += size
+            self._inbox.append(item)
         waker = self._waker
         if waker is not None:
             waker.wake()
@@ -999,11 +1000,9 @@ class SocTransmitter:
         out = []
         for frame in frames:
             if frame.startswith(KIND_COMPACT):
-                try:
-                    parsed = parse_frame(frame[: -len(TERMINATOR)], frozenset((KIND_COMPACT,)))
-                    payload = json_dumps(compact_loads(parsed.payload))
-                except (ProtocolError, ValueError) as error:
-                    logger.error("%s: cannot re-encode a compact message: %s", self, error)
+                parsed = parse_frame(frame[: -len(TERMINATOR)], frozenset((KIND_COMPACT,)))
+                payload = _extended_json(parsed.payload)
+                if payload is None:
                     continue
                 frame = encode_frame(KIND_JSON, parsed.tag, parsed.unpack, payload)
             out.append(frame)
@@ -1082,7 +1081,7 @@ class SocTransmitter:
             return
         if compact != conn.compact:
             conn.compact = compact
-            self._nslow = sum(1 for c in self._registered.values() if not c.compact)
+            self._count_slow()
         if prefixes is not None and b"" in prefixes:
             prefixes = None  # the empty prefix matches everything
         group = self._group_for(prefixes)
@@ -1457,10 +1456,15 @@ class SocTransmitter:
 
     def _update_receivers(self) -> None:
         self._registered_snapshot = list(self._registered.values())
-        self._nslow = sum(1 for c in self._registered_snapshot if not c.compact)
+        self._count_slow()
         self.receivers = {
             name: ReceiverInfo(name, c.address, c.since) for name, c in self._registered.items()
         }
+
+    def _count_slow(self) -> None:
+        """Count the registered receivers that do not read the compact encoding (tell()
+        reads the count: while it is not 0, it writes the extended JSON)."""
+        self._nslow = sum(1 for c in self._registered_snapshot if not c.compact)
 
     # ------------------------------------------------------------------------ timers and pings
 
