@@ -1,31 +1,13 @@
 """Shared fixtures: leak checks for hein threads and sockets."""
 
-import os
 import threading
-import time
 
 import pytest
+from helpers import wait_for
 
 
 def hein_threads():
     return [t for t in threading.enumerate() if t.name.startswith("hein")]
-
-
-def open_fds():
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:  # pragma: no cover - not Linux
-        return 0
-
-
-def wait_for(condition, timeout=5.0, interval=0.005):
-    """Poll ``condition`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(autouse=True)
